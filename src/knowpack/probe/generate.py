@@ -1,0 +1,126 @@
+"""Batched decoding on top of a shared, once-encoded prompt prefix.
+
+In:  a model, the token ids of a prefix shared by every request (the few-shot exemplars), and the
+     token ids of each request's own suffix (its question).
+Out: the generated token ids per request, up to and including the first stop token.
+
+Why not ``model.generate``: every question of a prompt set repeats the same few-shot prefix, which is
+most of the prompt. We encode the prefix once, copy its key/value cache into each batch, and decode
+only the suffixes. The batch layout is ``[prefix][left padding][suffix][generated]``; padding is masked
+out and position ids are given explicitly, so every row sees exactly the positions it would see
+without padding. Rows that hit a stop token leave the batch, so short answers cost nothing more.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    max_new_tokens: int = 16
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+
+def _encode_prefix(model, prefix_ids: Sequence[int]):
+    """The prefix's key/value cache for batch 1, or None for an empty prefix."""
+    if not prefix_ids:
+        return None
+    ids = torch.tensor([list(prefix_ids)], device=model.device)
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    return out.past_key_values
+
+
+def _next_tokens(logits: torch.Tensor, settings: DecodeSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """logits: [B, V] -> token ids [B]."""
+    if not settings.do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / settings.temperature
+    if settings.top_k > 0:
+        kth = torch.topk(logits, min(settings.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+def _decode_batch(model, prefix_cache, prefix_len: int, suffixes: list[list[int]], stop_ids: set[int],
+                  pad_id: int, settings: DecodeSettings, generator: torch.Generator | None) -> list[list[int]]:
+    device = model.device
+    batch = len(suffixes)
+    width = max(len(s) for s in suffixes)
+    # input_ids: [B, width], left-padded so every row's last token sits in the last column.
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((batch, width), dtype=torch.long)
+    position_ids = torch.ones((batch, width), dtype=torch.long)  # pads get a dummy position
+    for row, suffix in enumerate(suffixes):
+        input_ids[row, width - len(suffix):] = torch.tensor(suffix)
+        suffix_mask[row, width - len(suffix):] = 1
+        position_ids[row, width - len(suffix):] = torch.arange(prefix_len, prefix_len + len(suffix))
+    # attention_mask covers [prefix | suffix]: [B, prefix_len + width].
+    attention_mask = torch.cat([torch.ones((batch, prefix_len), dtype=torch.long), suffix_mask], dim=1)
+    cache = None
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(batch)
+    next_position = torch.tensor([prefix_len + len(s) for s in suffixes])
+    alive = torch.arange(batch)  # original row index of each row still decoding
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    step_ids, step_positions = input_ids, position_ids
+    with torch.no_grad():
+        for _ in range(settings.max_new_tokens):
+            out = model(input_ids=step_ids.to(device), attention_mask=attention_mask.to(device),
+                        position_ids=step_positions.to(device), past_key_values=cache, use_cache=True,
+                        logits_to_keep=1)
+            cache = out.past_key_values
+            tokens = _next_tokens(out.logits[:, -1, :], settings, generator).cpu()  # [B_alive]
+            keep = []
+            for i, token in enumerate(tokens.tolist()):
+                outputs[alive[i]].append(token)
+                if token not in stop_ids:
+                    keep.append(i)
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                index = torch.tensor(keep)
+                cache.batch_select_indices(index.to(device))
+                alive, tokens = alive[index], tokens[index]
+                attention_mask, next_position = attention_mask[index], next_position[index]
+            attention_mask = torch.cat([attention_mask, torch.ones((len(alive), 1), dtype=torch.long)], dim=1)
+            step_ids, step_positions = tokens[:, None], next_position[:, None]
+            next_position = next_position + 1
+    return outputs
+
+
+def _batches(order: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(order), size):
+        yield order[start:start + size]
+
+
+def generate_with_prefix(model, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]], *,
+                         stop_ids: set[int], pad_id: int, settings: DecodeSettings,
+                         batch_size: int = 64, progress=None) -> list[list[int]]:
+    """Decode every suffix after the shared prefix; returns generated ids per suffix (stop token included).
+
+    Suffixes are batched by length (long first) so padding stays small; results come back in input order.
+    ``progress`` is an optional callable taking the number of suffixes just finished.
+    """
+    prefix_cache = _encode_prefix(model, prefix_ids)
+    generator = torch.Generator().manual_seed(settings.seed) if settings.do_sample else None
+    order = sorted(range(len(suffixes)), key=lambda i: -len(suffixes[i]))
+    results: list[list[int]] = [[] for _ in suffixes]
+    for chunk in _batches(order, batch_size):
+        decoded = _decode_batch(model, prefix_cache, len(prefix_ids), [list(suffixes[i]) for i in chunk],
+                                stop_ids, pad_id, settings, generator)
+        for i, tokens in zip(chunk, decoded):
+            results[i] = tokens
+        if progress is not None:
+            progress(len(chunk))
+    return results

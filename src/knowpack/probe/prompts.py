@@ -1,0 +1,113 @@
+"""Few-shot probe prompts, split into a prefix shared by every question and a per-question suffix.
+
+In:  a tokenizer, the number of prompt sets F and shots per set, a seed.
+Out: `PromptSet`s (exemplars fixed by the seed) that render any question to token ids as
+     ``prefix_ids + suffix_ids(question)``.
+
+Format (DESIGN.md): with a chat template, system "Answer the following question.", each exemplar a
+user turn "Question: …" and an assistant turn "Answer: …", then the question as a user turn and the
+generation prompt. Without a chat template the same content as plain "Question: …\nAnswer: …" lines.
+Exemplars are TriviaQA validation questions with short answers, from the offline data package.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+from knowpack.offline_data import hf_dataset_dir
+
+SYSTEM_PROMPT = "Answer the following question."
+_QUESTION = "Question: {question}"
+_ANSWER = "Answer: {answer}"
+
+
+@lru_cache(maxsize=1)
+def triviaqa_exemplar_pool() -> tuple[tuple[str, str], ...]:
+    """Short TriviaQA (question, answer) pairs, in the dataset's order."""
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(hf_dataset_dir("trivia_qa", "rc.wikipedia.nocontext", "validation")))
+    pool = []
+    for question, answer in zip(data["question"], data["answer"]):
+        # The offline copy stores the answer record as a Python-literal string.
+        value = (ast.literal_eval(answer) if isinstance(answer, str) else answer)["value"]
+        if len(question) <= 100 and 0 < len(value) <= 25 and "\n" not in question:
+            pool.append((question.strip(), value.strip()))
+    return tuple(pool)
+
+
+def uses_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _chat_messages(exemplars, question: str | None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+    for q, a in exemplars:
+        messages.append({"role": "user", "content": _QUESTION.format(question=q)})
+        messages.append({"role": "assistant", "content": _ANSWER.format(answer=a)})
+    if question is not None:
+        messages.append({"role": "user", "content": _QUESTION.format(question=question)})
+    return messages
+
+
+def _plain_text(exemplars, question: str | None) -> str:
+    text = SYSTEM_PROMPT + "\n\n"
+    for q, a in exemplars:
+        text += _QUESTION.format(question=q) + "\n" + _ANSWER.format(answer=a) + "\n\n"
+    if question is not None:
+        text += _QUESTION.format(question=question) + "\nAnswer:"
+    return text
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """One few-shot prompt: fixed exemplars, rendered for any question."""
+
+    prompt_id: int
+    exemplars: tuple[tuple[str, str], ...]
+    chat: bool
+
+    def render(self, tokenizer, question: str) -> str:
+        """The full prompt text, exactly as a plain ``generate`` call would receive it."""
+        if self.chat:
+            return tokenizer.apply_chat_template(_chat_messages(self.exemplars, question),
+                                                 tokenize=False, add_generation_prompt=True)
+        return _plain_text(self.exemplars, question)
+
+    def prefix_text(self, tokenizer) -> str:
+        if self.chat:
+            return tokenizer.apply_chat_template(_chat_messages(self.exemplars, None), tokenize=False)
+        return _plain_text(self.exemplars, None)
+
+    def split_ids(self, tokenizer, question: str) -> tuple[list[int], list[int]]:
+        """(prefix ids, suffix ids) whose concatenation equals the full prompt's ids.
+
+        If the template does not split cleanly (the prefix text is not a prefix of the full text, or
+        tokens merge across the boundary) the whole prompt becomes the suffix: slower, never wrong.
+        """
+        full = self.render(tokenizer, question)
+        full_ids = _encode(tokenizer, full, self.chat)
+        prefix = self.prefix_text(tokenizer)
+        if full.startswith(prefix):
+            prefix_ids = _encode(tokenizer, prefix, self.chat)
+            if full_ids[:len(prefix_ids)] == prefix_ids:
+                return prefix_ids, full_ids[len(prefix_ids):]
+        return [], full_ids
+
+
+def _encode(tokenizer, text: str, chat: bool) -> list[int]:
+    # Chat templates already write BOS when the model wants one; plain prompts get the tokenizer's default.
+    return tokenizer(text, add_special_tokens=not chat)["input_ids"]
+
+
+def build_prompt_sets(tokenizer, num_prompts: int, shots: int, seed: int) -> list[PromptSet]:
+    """F prompt sets with disjoint exemplars drawn by ``seed``."""
+    pool = list(triviaqa_exemplar_pool())
+    rng = random.Random(seed)
+    picks = rng.sample(range(len(pool)), num_prompts * shots)
+    chat = uses_chat_template(tokenizer)
+    return [PromptSet(i, tuple(pool[j] for j in picks[i * shots:(i + 1) * shots]), chat)
+            for i in range(num_prompts)]

@@ -1,0 +1,142 @@
+"""The run directory: atomic artifact writes and a manifest that lets finished stages be reused.
+
+In:  a path.  Out: a `RunDir` whose writers never leave a half-written file (write to a temp file in
+the same folder, fsync, rename) and whose manifest (``manifest.json``) records, per stage, the
+fingerprint of its inputs and config and the artifacts it wrote. A stage whose fingerprint is
+unchanged and whose artifacts are all present is not redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from knowpack.errors import KnowpackError
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (configs, upstream fingerprints)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``target``; on success it is fsynced and renamed over ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    temp_path = Path(temp)
+    try:
+        yield temp_path
+        with open(temp_path, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temp_path, target)
+    finally:
+        temp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temp folder beside ``target``; on success it replaces ``target`` whole."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class RunDir:
+    """A run directory with atomic writers and stage bookkeeping."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        if self.path.exists() and not self.path.is_dir():
+            raise KnowpackError(f"--out {self.path}: is a file; give a directory for the run")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise KnowpackError(f"--out {self.path}: cannot create the run directory ({err.strerror})") from err
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # -- writers -----------------------------------------------------------------------------------
+    def write_text(self, name: str, text: str) -> Path:
+        target = self / name
+        with atomic_path(target) as temp:
+            temp.write_text(text, encoding="utf-8")
+        return target
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return self.write_text(name, json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+    def write_table(self, name: str, table: pd.DataFrame) -> Path:
+        target = self / name
+        with atomic_path(target) as temp:
+            table.to_parquet(temp, index=False)
+        return target
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self / name).read_text(encoding="utf-8"))
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self / name)
+
+    # -- stage bookkeeping -------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        path = self / MANIFEST
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return {}  # a damaged manifest only means every stage is redone
+
+    def is_done(self, stage: str, stage_fingerprint: str) -> bool:
+        entry = self.manifest().get(stage)
+        return bool(entry and entry["fingerprint"] == stage_fingerprint
+                    and all((self / name).exists() for name in entry["outputs"]))
+
+    def adopt(self, stage: str, stage_fingerprint: str, other: "RunDir") -> bool:
+        """Copy a finished stage with the same fingerprint from another run directory (sweeps share probes)."""
+        if other.path == self.path or not other.is_done(stage, stage_fingerprint):
+            return False
+        outputs = other.manifest()[stage]["outputs"]
+        for name in outputs:
+            source, target = other / name, self / name
+            if source.is_dir():
+                with atomic_dir(target) as staging:
+                    shutil.copytree(source, staging, dirs_exist_ok=True)
+            else:
+                with atomic_path(target) as temp:
+                    shutil.copyfile(source, temp)
+        self.mark_done(stage, stage_fingerprint, outputs)
+        return True
+
+    def mark_done(self, stage: str, stage_fingerprint: str, outputs: list[str]) -> None:
+        manifest = self.manifest()
+        manifest[stage] = {"fingerprint": stage_fingerprint, "outputs": outputs}
+        self.write_json(MANIFEST, manifest)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -1,0 +1,74 @@
+"""Tokenized training batches with answer-only labels and length grouping.
+
+In:  `TrainExample`s, a tokenizer, `loss_on` ("answer" or "sequence").
+Out: `Batch`es of input_ids / attention_mask / labels, right-padded to the longest row of the batch.
+
+The prompt (system + question, rendered with the chat template) and the answer ("Answer: X" plus the
+end-of-turn token) are tokenized separately and concatenated, so the answer span is known exactly;
+labels never come from counting padding.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from knowpack.probe.prompts import SYSTEM_PROMPT, uses_chat_template
+from knowpack.train.mixture import TrainExample
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor       # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    labels: torch.Tensor          # [B, T], IGNORE outside the trained span
+
+
+def encode_example(tokenizer, example: TrainExample, loss_on: str = "answer") -> tuple[list[int], list[int]]:
+    """(input ids, labels) for one question/answer pair."""
+    question = f"Question: {example.question}"
+    if uses_chat_template(tokenizer):
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        end = tokenizer.eos_token or ""
+        answer_ids = tokenizer(f"Answer: {example.answer}{end}", add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = tokenizer(f"{SYSTEM_PROMPT}\n\n{question}\nAnswer:")["input_ids"]
+        answer_ids = tokenizer(f" {example.answer}\n", add_special_tokens=False)["input_ids"]
+    ids = prompt_ids + answer_ids
+    labels = ids.copy() if loss_on == "sequence" else [IGNORE] * len(prompt_ids) + answer_ids
+    return ids, labels
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Batch:
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (ids, row_labels) in enumerate(rows):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        labels[row, :len(ids)] = torch.tensor(row_labels)
+        mask[row, :len(ids)] = 1
+    return Batch(input_ids, mask, labels)
+
+
+def length_grouped_batches(encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
+                           rng: random.Random) -> Iterator[Batch]:
+    """Batches of similar length (little padding) in a seeded random order."""
+    order = list(range(len(encoded)))
+    rng.shuffle(order)
+    # Sort within windows of 8 batches: close lengths share a batch, yet epochs still differ in order.
+    window = batch_size * 8
+    grouped = []
+    for start in range(0, len(order), window):
+        grouped += sorted(order[start:start + window], key=lambda i: len(encoded[i][0]))
+    batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
+    rng.shuffle(batches)
+    for batch in batches:
+        yield collate([encoded[i] for i in batch], pad_id)

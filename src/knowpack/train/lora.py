@@ -1,0 +1,36 @@
+"""Wrapping a model with a PEFT LoRA adapter.
+
+In:  a base causal LM and `LoraSettings`.  Out: a `PeftModel` with only the adapter trainable.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from knowpack.config import LoraSettings
+from knowpack.errors import KnowpackError
+
+
+def linear_module_names(model) -> list[str]:
+    """Short names of the model's linear layers (what ``target_modules`` may name)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear)})
+
+
+def lora_config(settings: LoraSettings, model) -> LoraConfig:
+    targets = settings.target_modules
+    if targets != ["all-linear"]:
+        available = linear_module_names(model)
+        missing = [t for t in targets if t not in available]
+        if missing:
+            raise KnowpackError(f"lora.target_modules: the model has no module {missing[0]!r}; "
+                                f"its linear layers are: {', '.join(available)} (or use all-linear)")
+    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules="all-linear" if targets == ["all-linear"] else targets,
+                      use_rslora=settings.use_rslora, task_type="CAUSAL_LM", bias="none")
+
+
+def add_lora(model, settings: LoraSettings):
+    """The model wrapped as a `PeftModel`; the base weights are frozen."""
+    return get_peft_model(model, lora_config(settings, model))

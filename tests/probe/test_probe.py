@@ -1,0 +1,103 @@
+import pandas as pd
+import pytest
+import torch
+
+from knowpack.config import ProbeConfig
+from knowpack.errors import KnowpackError
+from knowpack.facts.schema import Fact
+from knowpack.probe import categorize, probe_facts, stop_token_ids
+from knowpack.probe.categories import category_of
+from knowpack.probe.generate import DecodeSettings, generate_with_prefix
+from knowpack.probe.judge import clean_answer, is_correct, is_refusal
+from knowpack.probe.prompts import build_prompt_sets
+
+
+def _fact(i, question="What is the capital of France?", answer="Paris"):
+    return Fact(fact_id=f"f{i}", subject="France", relation="capital", object=answer, question=question,
+                answer=answer, aliases=[answer], bucket="head", source="test")
+
+
+def test_prefix_reuse_matches_plain_generate(tiny_model, smollm2_tokenizer):
+    """Greedy tokens with the shared-prefix cache equal model.generate on each full prompt."""
+    tok = smollm2_tokenizer
+    prompt_set = build_prompt_sets(tok, 1, 2, seed=0)[0]
+    questions = ["What is the capital of France?", "Who wrote Hamlet?", "Capital of Peru?"]
+    splits = [prompt_set.split_ids(tok, q) for q in questions]
+    prefix = splits[0][0]
+    assert len(prefix) > 20 and all(s[0] == prefix for s in splits)
+    settings = DecodeSettings(max_new_tokens=6)
+    ours = generate_with_prefix(tiny_model, prefix, [s[1] for s in splits], stop_ids=set(), pad_id=tok.pad_token_id,
+                                settings=settings, batch_size=2)
+    for (p, s), got in zip(splits, ours):
+        ids = torch.tensor([p + s])
+        ref = tiny_model.generate(ids, max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(ids),
+                                  pad_token_id=tok.pad_token_id, eos_token_id=None)
+        assert got == ref[0, ids.shape[1]:].tolist()
+
+
+def test_split_ids_concatenate_to_the_full_prompt(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    prompt_set = build_prompt_sets(tok, 2, 4, seed=3)[1]
+    prefix, suffix = prompt_set.split_ids(tok, "What is the capital of Chad?")
+    full = prompt_set.render(tok, "What is the capital of Chad?")
+    assert prefix + suffix == tok(full, add_special_tokens=False)["input_ids"]
+    assert full.startswith("<|im_start|>system\nAnswer the following question.<|im_end|>\n<|im_start|>user\nQuestion: ")
+    assert full.endswith("<|im_start|>user\nQuestion: What is the capital of Chad?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_generation_stops_at_stop_token(tiny_model, smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    prefix, suffix = build_prompt_sets(tok, 1, 1, seed=0)[0].split_ids(tok, "Q?")
+    free = generate_with_prefix(tiny_model, prefix, [suffix], stop_ids=set(), pad_id=0,
+                                settings=DecodeSettings(max_new_tokens=5))[0]
+    stop = free[-1]
+    stopped = generate_with_prefix(tiny_model, prefix, [suffix], stop_ids={stop}, pad_id=0,
+                                   settings=DecodeSettings(max_new_tokens=5))[0]
+    assert stopped == free[:free.index(stop) + 1]  # the stop token is kept, nothing after it
+
+
+def test_sampling_is_seeded(tiny_model, smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    prefix, suffix = build_prompt_sets(tok, 1, 1, seed=0)[0].split_ids(tok, "Q?")
+    settings = DecodeSettings(max_new_tokens=5, do_sample=True, temperature=1.0, top_k=40, seed=7)
+    first = generate_with_prefix(tiny_model, prefix, [suffix] * 4, stop_ids=set(), pad_id=0, settings=settings)
+    again = generate_with_prefix(tiny_model, prefix, [suffix] * 4, stop_ids=set(), pad_id=0, settings=settings)
+    assert first == again
+    assert len({tuple(x) for x in first}) > 1  # a random tiny model samples different continuations
+
+
+def test_stop_ids_cover_end_of_turn_and_newlines(smollm2_tokenizer):
+    ids = stop_token_ids(smollm2_tokenizer)
+    assert smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>") in ids
+    assert smollm2_tokenizer("\n", add_special_tokens=False)["input_ids"][0] in ids
+
+
+def test_judging():
+    assert clean_answer(" Answer: Paris\nQuestion: x") == "Paris"
+    assert is_correct("It is Paris.", ["Paris"]) and is_correct("PARIS", ["paris"])
+    assert not is_correct("", ["Paris"]) and not is_correct("Lyon", ["Paris", ""])
+    assert is_refusal("I don't know.") and is_refusal("I couldn't find any information about it")
+    assert not is_refusal("Paris")
+
+
+def test_categories_follow_the_definitions():
+    assert category_of(1.0, 0.0) == "HighlyKnown"
+    assert category_of(0.3, 0.0) == "MaybeKnown"
+    assert category_of(0.0, 0.1) == "WeaklyKnown"
+    assert category_of(0.0, 0.0) == "Unknown"
+    rows = pd.DataFrame({"fact_id": ["a", "a", "b", "b", "b"], "prompt_id": [0, 1, 0, 1, 0],
+                         "sample": [0, 0, 0, 0, 1], "correct": [True, True, False, False, True]})
+    table = categorize(rows).set_index("fact_id")
+    assert table.loc["a", "category"] == "HighlyKnown" and table.loc["b", "category"] == "WeaklyKnown"
+
+
+def test_probe_rows_shape_and_errors(tiny_model, smollm2_tokenizer):
+    config = ProbeConfig(num_prompts=2, shots=1, max_new_tokens=3, sampling=True, num_samples=2)
+    rows = probe_facts(tiny_model, smollm2_tokenizer, [_fact(0), _fact(1)], config, progress=False)
+    assert len(rows) == 2 * 2 * 3  # facts × prompts × (greedy + 2 samples)
+    assert set(rows["sample"]) == {0, 1, 2}
+    with pytest.raises(KnowpackError, match="no facts to probe"):
+        probe_facts(tiny_model, smollm2_tokenizer, [], config, progress=False)
+    long_question = "word " * 3000
+    with pytest.raises(KnowpackError, match="longer than the model's context"):
+        probe_facts(tiny_model, smollm2_tokenizer, [_fact(2, question=long_question)], config, progress=False)
