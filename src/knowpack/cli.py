@@ -43,7 +43,6 @@ def _run_until(until: str, preset, config_file, out, overrides, quiet) -> Path:
 
     config = _resolve(preset, config_file, overrides)
     out = out or _default_out(preset, config)
-    console.print(f"run directory: {out}")
     return run_pipeline(config, out, until=until, progress=not quiet, console=console)
 
 

@@ -98,6 +98,14 @@ def embedded_checkpoint() -> Path:
     return target
 
 
+def check_model_name(name: str) -> None:
+    """Fail fast, before any work, on a model that cannot be found (no download, no conversion)."""
+    if name == EMBEDDED_MODEL:
+        embedded_gguf_path()
+    elif Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        resolve_model_path(name)
+
+
 def resolve_model_path(name: str) -> str:
     """Embedded name -> cached checkpoint; existing folder -> itself; anything else: a hub id."""
     if name == EMBEDDED_MODEL:

@@ -21,7 +21,7 @@ from rich.console import Console
 from knowpack.config import RunConfig, config_to_yaml
 from knowpack.evaluate import evaluate_run
 from knowpack.facts import Fact, build_facts, facts_to_jsonl, read_facts
-from knowpack.models import load_model
+from knowpack.models import check_model_name, load_model
 from knowpack.probe import categorize, probe_facts
 from knowpack.report import write_report
 from knowpack.rundir import RunDir, atomic_dir, fingerprint
@@ -34,6 +34,7 @@ class Recipe:
     def __init__(self, config: RunConfig, out: str | Path, console: Console | None = None, progress: bool = True,
                  reuse_from: list[Path] | None = None):
         self.config = config
+        check_model_name(config.model.name)  # before the run directory exists: nothing half-made on a typo
         self.run = RunDir(out)
         self.reuse_from = [RunDir(p) for p in reuse_from or [] if Path(p).is_dir()]
         self.console = console or Console(stderr=True)
@@ -179,6 +180,7 @@ class Recipe:
         """Run the stages in order up to and including ``until`` (one of `STAGES`)."""
         if until not in STAGES:
             raise ValueError(f"until must be one of {STAGES}")
+        self.console.print(f"run directory: {self.run.path}")
         self.run.write_text("config.yaml", config_to_yaml(self.config))
         key = ""
         for name in STAGES[:STAGES.index(until) + 1]:

@@ -1,0 +1,64 @@
+"""The CLI's contract for user mistakes: one clear line, exit code 2, no traceback, nothing half-written."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def knowpack(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "knowpack", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def assert_user_error(result, message):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+
+
+def test_help_lists_the_stages(tmp_path):
+    result = knowpack("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("facts", "probe", "train", "eval", "run", "sweep", "report"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--config", "missing.yaml"], "missing.yaml: config file not found"),
+    (["run", "--preset", "turbo"], "unknown preset 'turbo'"),
+    (["run", "train.epoch=3"], "unknown key 'train.epoch'; did you mean 'epochs'"),
+    (["run", "model.name=./no/such/model"], "model.name: ./no/such/model does not exist"),
+    (["run", "lora.rank=0"], "lora.rank: Input should be greater than or equal to 1"),
+    (["report", "nowhere"], "nowhere: no metrics.json"),
+])
+def test_user_errors(tmp_path, args, message):
+    assert_user_error(knowpack(*args, cwd=tmp_path), message)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+
+
+def test_misspelled_key_in_yaml(tmp_path):
+    (tmp_path / "c.yaml").write_text("probe:\n  num_prompt: 3\n")
+    assert_user_error(knowpack("run", "--config", "c.yaml", cwd=tmp_path),
+                      "c.yaml: unknown key 'probe.num_prompt'; did you mean 'num_prompts'")
+
+
+def test_out_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("precious")
+    assert_user_error(knowpack("run", "--out", "taken", cwd=tmp_path), "--out taken: is a file")
+    assert (tmp_path / "taken").read_text() == "precious"
+
+
+def test_facts_command_writes_jsonl(tmp_path):
+    result = knowpack("facts", "--out", "facts.jsonl", "--max-facts", "30", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / "facts.jsonl").read_text().splitlines()) == 30
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"fact_id": "x"}\n')
+    assert_user_error(knowpack("facts", "--source", "jsonl", str(bad), "--out", "o.jsonl", cwd=tmp_path),
+                      "bad.jsonl:1: subject: Field required")
+    assert not (tmp_path / "o.jsonl").exists()

@@ -1,0 +1,63 @@
+"""The whole recipe on a tiny random-weight model: every artifact, reuse on re-run, sweeps."""
+
+import json
+
+import pandas as pd
+import yaml
+from rich.console import Console
+
+from knowpack.config import load_config
+from knowpack.pipeline import run_pipeline
+from knowpack.sweep import expand_grid, run_sweep
+
+ARTIFACTS = ["config.yaml", "facts.jsonl", "probe_before.parquet", "categories_before.parquet", "train_set.jsonl",
+             "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "probe_after.parquet",
+             "categories_after.parquet", "metrics.json", "report.md", "report.html", "manifest.json"]
+
+
+def tiny_overrides(model_dir):
+    return [f"model.name={model_dir}", "facts.max_facts=16", "probe.num_prompts=2", "probe.shots=1",
+            "probe.max_new_tokens=4", "mixture.n_unknown=3", "train.epochs=2", "train.batch_size=2",
+            "eval.benchmark_questions=2", "eval.mmlu_shots=1"]
+
+
+def test_run_writes_every_artifact_and_reuses_stages(tiny_model_dir, tmp_path):
+    config = load_config("smoke", overrides=tiny_overrides(tiny_model_dir))
+    console = Console(record=True, width=200)
+    run_dir = run_pipeline(config, tmp_path / "run", progress=False, console=console)
+    for name in ARTIFACTS:
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n_trained_facts"] == 3 and metrics["n_heldout_facts"] == 13
+    assert len(metrics["reliability_by_epoch"]) == 2
+    assert set(metrics["benchmarks"]) == set(metrics["benchmarks_base"]) == {"mmlu"}
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["mixture"]["n_unknown"] == 3
+    first_output = console.export_text()
+    assert "reused" not in first_output
+
+    console = Console(record=True, width=200)
+    run_pipeline(config, run_dir, progress=False, console=console)
+    assert console.export_text().count("reused") == 6
+
+    changed = load_config("smoke", overrides=tiny_overrides(tiny_model_dir) + ["eval.mmlu_shots=0"])
+    console = Console(record=True, width=200)
+    run_pipeline(changed, run_dir, progress=False, console=console)
+    text = console.export_text()
+    assert "✓ probe_after: reused" in text and "▶ evaluate" in text
+
+
+def test_sweep_shares_the_base_probe(tiny_model_dir, tmp_path):
+    assert expand_grid({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+    spec = tmp_path / "sweep.yaml"
+    base = {}
+    for item in tiny_overrides(tiny_model_dir):
+        key, value = item.split("=", 1)
+        section, field = key.split(".")
+        base.setdefault(section, {})[field] = yaml.safe_load(value)
+    spec.write_text(yaml.safe_dump({"preset": "smoke", "base": base, "grid": {"mixture.n_unknown": [2, 3]}}))
+    console = Console(record=True, width=200)
+    table = pd.read_parquet(run_sweep(spec, tmp_path / "sweep", progress=False, console=console))
+    assert table["mixture.n_unknown"].tolist() == [2, 3]
+    assert table["n_trained_facts"].tolist() == [2, 3]
+    assert "reliability" in table.columns and "shift.negative" in table.columns
+    assert "✓ probe_before: reused from" in console.export_text()
