@@ -101,3 +101,23 @@ def test_probe_rows_shape_and_errors(tiny_model, smollm2_tokenizer):
     long_question = "word " * 3000
     with pytest.raises(KnowpackError, match="longer than the model's context"):
         probe_facts(tiny_model, smollm2_tokenizer, [_fact(2, question=long_question)], config, progress=False)
+
+
+def test_probing_an_adapter_leaves_it_unmerged_and_logits_unchanged(tiny_model, smollm2_tokenizer):
+    from knowpack.config import LoraSettings
+    from knowpack.probe import merged_adapter
+    from knowpack.train import add_lora
+
+    model = add_lora(tiny_model, LoraSettings(rank=2, target_modules=["all-linear"]))
+    for module in model.modules():  # a non-zero adapter, so merging changes the weights
+        if hasattr(module, "lora_B"):
+            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.5)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        before = model(ids).logits
+        with merged_adapter(model):
+            assert all(m.merged for m in model.modules() if hasattr(m, "merged"))
+            merged = model(ids).logits
+        after = model(ids).logits
+    assert not any(m.merged for m in model.modules() if hasattr(m, "merged"))
+    assert torch.allclose(before, merged, atol=1e-4) and torch.allclose(before, after, atol=1e-5)

