@@ -39,10 +39,10 @@ def _default_out(preset: str, config: RunConfig) -> Path:
 
 
 def _run_until(until: str, preset, config_file, out, overrides, quiet) -> Path:
+    config = _resolve(preset, config_file, overrides)  # config mistakes fail before torch is imported
+    out = out or _default_out(preset, config)
     from knowpack.pipeline import run_pipeline
 
-    config = _resolve(preset, config_file, overrides)
-    out = out or _default_out(preset, config)
     return run_pipeline(config, out, until=until, progress=not quiet, console=console)
 
 

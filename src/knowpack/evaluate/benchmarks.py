@@ -150,13 +150,14 @@ def _score_rows(model, inputs: list[list[int]], targets: list[list[int]], past: 
     width = max(len(row) for row in inputs)
     first = min(len(row) - len(target) for row, target in zip(inputs, targets))  # earliest scored position
     keep = width - first  # only these positions need vocabulary logits
-    logits, _ = _forward(model, inputs, past, keep)
-    logprobs = logits.float().log_softmax(dim=-1)  # [B, keep, V]
+    logits, _ = _forward(model, inputs, past, keep)  # [B, keep, V]
     sums = []
     for i, (row, target) in enumerate(zip(inputs, targets)):
         end = len(row) - first
-        picked = logprobs[i, end - len(target):end].gather(-1, torch.tensor(target, device=logits.device)[:, None])
-        sums.append(picked.sum())  # [C, 1] -> scalar
+        scored = logits[i, end - len(target):end].float()  # [C, V]
+        # log p = logit - logsumexp: no [B, keep, V] log-softmax tensor is written.
+        picked = scored.gather(-1, torch.tensor(target, device=logits.device)[:, None]).squeeze(-1)
+        sums.append((picked - scored.logsumexp(dim=-1)).sum())
     return torch.stack(sums).tolist()
 
 
@@ -196,6 +197,7 @@ def _score_shared(model, encoded: list[tuple[list[int], list[int]]], batch_size:
                 past = _forward(model, bodies, past, keep=1)[1]
             rows = [(j, index, [context[-1]] + continuation[:-1], continuation)
                     for j, context in enumerate(chunk) for index, continuation in by_context[context]]
+            rows.sort(key=lambda row: len(row[3]), reverse=True)  # similar lengths share a batch
             for batch in _chunks(rows, batch_size):
                 owner = torch.tensor([row[0] for row in batch], device=device)
                 batch_past = past.select(owner) if past else None
