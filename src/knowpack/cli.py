@@ -94,15 +94,48 @@ def facts(out: Annotated[Path, typer.Option("--out", "-o", help="facts.jsonl to 
 
 @app.command()
 def probe(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt = None,
-          overrides: OverridesArg = None, quiet: QuietOpt = False) -> None:
+          overrides: OverridesArg = None, quiet: QuietOpt = False,
+          data: Annotated[Optional[Path], typer.Option(
+              "--data", help="audit mode: label this QA JSONL (e.g. your SFT data) instead of the run's facts")] = None,
+          ) -> None:
     """Probe the base model: knowledge categories of every fact (facts → probe_before)."""
     from knowpack.rundir import RunDir
 
-    run_dir = _run_until("probe_before", preset, config, out, overrides, quiet)
-    counts = RunDir(run_dir).read_table("categories_before.parquet")["category"].value_counts()
+    if data is not None:
+        run_dir = _audit(data, preset, config, out, overrides, quiet)
+        counts = RunDir(run_dir).read_table("audit_categories.parquet")["category"].value_counts()
+    else:
+        run_dir = _run_until("probe_before", preset, config, out, overrides, quiet)
+        counts = RunDir(run_dir).read_table("categories_before.parquet")["category"].value_counts()
+    total = int(counts.sum())
     for category, count in counts.items():
-        console.print(f"  {category}: {count}")
+        console.print(f"  {category}: {count} ({count / total:.1%})")
     typer.echo(str(run_dir))
+
+
+def _audit(data: Path, preset, config_file, out, overrides, quiet) -> Path:
+    from knowpack.models import check_model_name, load_model
+    from knowpack.probe import categorize, probe_facts
+    from knowpack.probe.audit import read_qa_dataset
+    import pandas as pd
+
+    from knowpack.config import config_to_yaml
+    from knowpack.rundir import RunDir
+
+    config = _resolve(preset, config_file, overrides)
+    facts = read_qa_dataset(data)
+    check_model_name(config.model.name)
+    run = RunDir(out or Path("runs") / f"audit-{data.stem}")
+    run.write_text("config.yaml", config_to_yaml(config))
+    model, tokenizer = load_model(config.model.name, dtype=config.model.dtype, device=config.model.device,
+                                  trust_remote_code=config.model.trust_remote_code)
+    rows = probe_facts(model, tokenizer, facts, config.probe, progress=not quiet, description=f"auditing {data.name}")
+    categories = categorize(rows).merge(
+        pd.DataFrame({"fact_id": [f.fact_id for f in facts], "question": [f.question for f in facts],
+                      "answer": [f.answer for f in facts]}), on="fact_id")
+    run.write_table("audit_probe.parquet", rows)
+    run.write_table("audit_categories.parquet", categories)
+    return run.path
 
 
 @app.command()

@@ -47,6 +47,10 @@ class ProbeConfig(_Strict):
     num_samples: int = Field(16, ge=1)
     temperature: float = Field(0.5, gt=0)
     top_k: int = Field(40, ge=1)
+    match: Literal["alias-substring", "exact"] = Field(
+        "alias-substring", description="alias-substring (DESIGN.md) or exact (normalized equality)")
+    refusal_patterns: list[str] = Field(default_factory=list,
+                                        description="extra refusal regexes, added to the built-in list")
     seed: int = 0
 
 

@@ -121,3 +121,29 @@ def test_probing_an_adapter_leaves_it_unmerged_and_logits_unchanged(tiny_model, 
         after = model(ids).logits
     assert not any(m.merged for m in model.modules() if hasattr(m, "merged"))
     assert torch.allclose(before, merged, atol=1e-4) and torch.allclose(before, after, atol=1e-5)
+
+
+def test_exact_match_and_extra_refusals():
+    from knowpack.probe.judge import exact_match
+
+    assert is_correct("The Paris.", ["paris"], match="exact") and exact_match("paris", ["Paris"])
+    assert not is_correct("Paris, France", ["Paris"], match="exact")
+    assert is_correct("Paris, France", ["Paris"])
+    assert is_refusal("Beats me", extra=(r"\bbeats me\b",)) and not is_refusal("Beats me")
+    with pytest.raises(KnowpackError, match="probe.refusal_patterns: '\\(' is not a valid regex"):
+        is_refusal("x", extra=("(",))
+
+
+def test_zero_shot_and_plain_format(smollm2_tokenizer):
+    from knowpack.probe.prompts import PromptSet
+
+    zero = build_prompt_sets(smollm2_tokenizer, 2, 0, seed=0)
+    assert all(not p.exemplars for p in zero)
+    prefix, suffix = zero[0].split_ids(smollm2_tokenizer, "Capital of Chad?")
+    assert smollm2_tokenizer.decode(prefix) == "<|im_start|>system\nAnswer the following question.<|im_end|>\n"
+    plain = PromptSet(0, (("Capital of Peru?", "Lima"),), chat=False)
+    assert plain.render(smollm2_tokenizer, "Capital of Chad?") == (
+        "Answer the following question.\n\nQuestion: Capital of Peru?\nAnswer: Lima\n\n"
+        "Question: Capital of Chad?\nAnswer:")
+    prefix, suffix = plain.split_ids(smollm2_tokenizer, "Capital of Chad?")
+    assert prefix + suffix == smollm2_tokenizer(plain.render(smollm2_tokenizer, "Capital of Chad?"))["input_ids"]

@@ -26,7 +26,7 @@ class Fact(BaseModel):
     question: str
     answer: str
     aliases: list[str] = Field(description="accepted answers, the gold answer included")
-    bucket: Bucket
+    bucket: Bucket | None = Field(description="popularity bucket; None for user QA data without popularity")
     source: str
     paraphrases: list[str] = Field(default_factory=list, description="other phrasings of the question")
 

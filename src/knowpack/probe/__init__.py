@@ -82,8 +82,8 @@ def _probe_prompt_set(model, tokenizer, prompt_set: PromptSet, facts: Sequence[F
         for (fact, sample), tokens in zip(owners, generated):
             answer = clean_answer(tokenizer.decode(tokens, skip_special_tokens=True))
             rows.append({"fact_id": fact.fact_id, "prompt_id": prompt_set.prompt_id, "sample": sample,
-                         "answer": answer, "correct": is_correct(answer, fact.aliases),
-                         "refusal": is_refusal(answer)})
+                         "answer": answer, "correct": is_correct(answer, fact.aliases, config.match),
+                         "refusal": is_refusal(answer, tuple(config.refusal_patterns))})
     return rows
 
 

@@ -1,0 +1,75 @@
+"""Audit mode: label any question/answer dataset with knowledge categories.
+
+In:  a JSONL file of QA pairs (one per line) in any of these shapes:
+       {"question": …, "answer": …, "aliases": [...]}       (aliases optional)
+       {"messages": [{"role": "user", …}, {"role": "assistant", …}]}   (last user/assistant pair)
+       {"prompt": …, "completion": …}  or  {"instruction": …, "output": …}
+     a model and a `ProbeConfig`.
+Out: `Fact`s to probe; the CLI (``knowpack probe --data FILE``) writes probe rows and categories per
+     pair (``audit_probe.parquet``, ``audit_categories.parquet``) and prints each category's share:
+     how much of a fine-tuning set is new to the model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from knowpack.errors import KnowpackError
+from knowpack.facts.schema import Fact
+from knowpack.probe.judge import clean_answer
+
+_FIELD_PAIRS = (("question", "answer"), ("prompt", "completion"), ("instruction", "output"))
+
+
+def _pair(record: dict) -> tuple[str, str] | None:
+    for q_key, a_key in _FIELD_PAIRS:
+        if isinstance(record.get(q_key), str) and isinstance(record.get(a_key), str):
+            return record[q_key], record[a_key]
+    messages = record.get("messages")
+    if isinstance(messages, list):
+        question = answer = None
+        for message in messages:
+            if isinstance(message, dict) and message.get("role") == "user":
+                question, answer = message.get("content"), None
+            elif isinstance(message, dict) and message.get("role") == "assistant" and question:
+                answer = message.get("content")
+        if isinstance(question, str) and isinstance(answer, str):
+            return question, answer
+    return None
+
+
+def read_qa_dataset(path: str | Path) -> list[Fact]:
+    """QA pairs as `Fact`s (relation ``qa``, no popularity bucket); bad lines named by file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise KnowpackError(f"{path}: no such file; give a JSONL file of question/answer pairs")
+    facts: list[Fact] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise KnowpackError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+            pair = _pair(record) if isinstance(record, dict) else None
+            if pair is None:
+                raise KnowpackError(f"{path}:{number}: no question/answer pair; use question+answer, prompt+completion, "
+                                    "instruction+output or chat messages")
+            question, raw_answer = (text.strip() for text in pair)
+            answer = clean_answer(raw_answer) or raw_answer
+            if not question or not answer:
+                raise KnowpackError(f"{path}:{number}: empty question or answer")
+            # "The yen" should accept "Yen": add the answer without its leading article.
+            bare = re.sub(r"^(?:the|a|an)\s+", "", answer, flags=re.IGNORECASE)
+            extra = record.get("aliases", [])
+            aliases = [answer, bare, *(a.strip() for a in extra if isinstance(a, str) and a.strip())]
+            facts.append(Fact(fact_id=f"line-{number}", subject="", relation="qa", object=answer, question=question,
+                              answer=answer, aliases=list(dict.fromkeys(aliases)), bucket=None,
+                              source=f"audit:{path.name}"))
+    if not facts:
+        raise KnowpackError(f"{path}: no question/answer pairs in the file")
+    return facts
+
