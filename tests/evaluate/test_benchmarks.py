@@ -77,7 +77,8 @@ def test_loglikelihood_restores_training_mode(tiny_model, smollm2_tokenizer):
 
 
 def test_encoding_moves_trailing_space_to_continuation(smollm2_tokenizer):
-    assert _encode(smollm2_tokenizer, "Answer: ", "A", [], None) == _encode(smollm2_tokenizer, "Answer:", " A", [], None)
+    moved = _encode(smollm2_tokenizer, "Answer: ", "A", [], None)
+    assert moved == _encode(smollm2_tokenizer, "Answer:", " A", [], None)
     context_ids, continuation_ids = _encode(smollm2_tokenizer, "Answer:", " A", [], None)
     assert smollm2_tokenizer.decode(continuation_ids) == " A"
 

@@ -93,7 +93,8 @@ def _encode(tokenizer, context: str, continuation: str, special: list[int],
         raise ValueError(f"continuation {continuation!r} encodes to no tokens")
     if limit and len(context_ids) + len(continuation_ids) > limit:
         if len(continuation_ids) >= limit:
-            raise KnowpackError(f"a continuation of {len(continuation_ids)} tokens exceeds the model's {limit} positions")
+            raise KnowpackError(f"a continuation of {len(continuation_ids)} tokens exceeds "
+                                f"the model's {limit} positions")
         context_ids = context_ids[-(limit - len(continuation_ids)):]  # lm-eval truncates from the left
     return context_ids, continuation_ids
 
@@ -299,7 +300,8 @@ def find_truthfulqa(search_from: Sequence[Path] | None = None) -> Path:
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
-            raise KnowpackError(f"truthfulqa: {TRUTHFULQA_ENV}={env} is not a file; point it at the official mc_task.json")
+            raise KnowpackError(f"truthfulqa: {TRUTHFULQA_ENV}={env} is not a file; "
+                                "point it at the official mc_task.json")
         return path
     starts = [Path.cwd(), Path(__file__).resolve().parent] if search_from is None else list(search_from)
     for start in starts:
@@ -346,7 +348,8 @@ def _truthfulqa_from_hub() -> list[dict]:
     try:
         rows = load_dataset(name, config, split="validation")
     except Exception as err:  # offline, network or auth: one line for the user either way
-        raise KnowpackError(f"truthfulqa: cannot load {name} ({config}) from the hub: {str(err).splitlines()[0]}") from err
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise KnowpackError(f"truthfulqa: cannot load {name} ({config}) from the hub: {reason}") from err
     return [{"question": row["question"], "mc1": dict(row["mc1_targets"]), "mc2": dict(row["mc2_targets"])}
             for row in rows]
 
@@ -379,7 +382,8 @@ def mmlu_question(doc: dict) -> str:
 
 def mmlu_text(doc: dict) -> str:
     """lm-eval's `mmlu` prompt: description, few-shot examples with answers, then the question."""
-    description = f"The following are multiple choice questions (with answers) about {doc['subject'].replace('_', ' ')}.\n\n"
+    subject = doc["subject"].replace("_", " ")
+    description = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
     shots = "".join(f"{mmlu_question(ex)} {MMLU_LETTERS[ex['answer']]}\n\n" for ex in doc["fewshot"])
     return description + shots + mmlu_question(doc)
 
@@ -435,7 +439,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "mmlu": Benchmark(
         "mmlu",
         lambda o: load_mmlu(o.n_questions, shots=o.shots, seed=o.seed),
-        (Task("mmlu", mmlu_text, lambda doc: MMLU_LETTERS[:len(doc["choices"])], lambda doc: [doc["answer"]], accuracy),),
+        (Task("mmlu", mmlu_text, lambda doc: MMLU_LETTERS[:len(doc["choices"])],
+              lambda doc: [doc["answer"]], accuracy),),
     ),
     # TruthfulQA's few-shot block is fixed (lm-eval's 6 QA pairs); `shots` applies to MMLU only.
     "truthfulqa": Benchmark(
