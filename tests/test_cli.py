@@ -62,3 +62,11 @@ def test_facts_command_writes_jsonl(tmp_path):
     assert_user_error(knowpack("facts", "--source", "jsonl", str(bad), "--out", "o.jsonl", cwd=tmp_path),
                       "bad.jsonl:1: subject: Field required")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_missing_benchmark_data_fails_before_any_work(tmp_path):
+    result = knowpack("run", "--out", "r", "eval.benchmarks=[truthfulqa]", "eval.truthfulqa_path=nowhere.json",
+                      cwd=tmp_path)
+    assert_user_error(result, "nowhere.json")
+    assert not (tmp_path / "r").exists()
+    assert_user_error(knowpack("run", "eval.benchmarks=[mmlu, arc]", cwd=tmp_path), "eval.benchmarks.1")

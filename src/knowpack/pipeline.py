@@ -19,7 +19,7 @@ import pandas as pd
 from rich.console import Console
 
 from knowpack.config import RunConfig, config_to_yaml
-from knowpack.evaluate import evaluate_run
+from knowpack.evaluate import check_benchmark_data, evaluate_run
 from knowpack.facts import Fact, build_facts, facts_to_jsonl, read_facts
 from knowpack.models import check_model_name, load_model
 from knowpack.probe import categorize, probe_facts
@@ -34,7 +34,9 @@ class Recipe:
     def __init__(self, config: RunConfig, out: str | Path, console: Console | None = None, progress: bool = True,
                  reuse_from: list[Path] | None = None):
         self.config = config
-        check_model_name(config.model.name)  # before the run directory exists: nothing half-made on a typo
+        # Before the run directory exists: a typo or missing data leaves nothing half-made.
+        check_model_name(config.model.name)
+        check_benchmark_data(config.eval)
         self.run = RunDir(out)
         self.reuse_from = [RunDir(p) for p in reuse_from or [] if Path(p).is_dir()]
         self.console = console or Console(stderr=True)

@@ -11,7 +11,17 @@ from knowpack.config import EvalConfig
 from knowpack.evaluate.knowledge import answer_stats, knowledge_shift, reliability
 from knowpack.rundir import RunDir
 
-__all__ = ["answer_stats", "evaluate_run", "knowledge_shift", "reliability", "run_benchmarks"]
+__all__ = ["answer_stats", "check_benchmark_data", "evaluate_run", "knowledge_shift", "reliability", "run_benchmarks"]
+
+
+def check_benchmark_data(config: EvalConfig) -> None:
+    """Fail before any work, not after an hour of training, when local benchmark data is missing."""
+    from knowpack.evaluate.benchmarks import BENCHMARKS, LoadOptions
+
+    options = LoadOptions(1, config.mmlu_shots, config.seed, config.truthfulqa_path, config.truthfulqa_source)
+    for name in config.benchmarks:
+        if not (name == "truthfulqa" and config.truthfulqa_source == "hub"):
+            BENCHMARKS[name].load(options)
 
 
 def run_benchmarks(model, tokenizer, config: EvalConfig, progress: bool = True) -> dict[str, float]:
@@ -21,6 +31,7 @@ def run_benchmarks(model, tokenizer, config: EvalConfig, progress: bool = True) 
         return {}
     return _run(model, tokenizer, config.benchmarks, n_questions=config.benchmark_questions,
                 shots=config.mmlu_shots, seed=config.seed, truthfulqa_path=config.truthfulqa_path,
+                truthfulqa_source=config.truthfulqa_source,
                 progress=progress)
 
 

@@ -1,0 +1,88 @@
+"""Probe benchmark: knowpack's probe vs the reference method, same model, same facts, one process.
+
+Reference (the source paper's released code): for every prompt set, plain ``model.generate`` on the
+full few-shot prompt of each question, left-padded batches of 128, greedy, max_new_tokens 32.
+knowpack: `probe_facts` (few-shot prefix encoded once per prompt set and its cache reused, batches
+of questions, each row leaving the batch at its stop token).
+
+Prints whether greedy answers and categories are identical, both wall times, facts/s and the ratio.
+
+    python bench/probe.py                         # 200 facts × 10 prompts on the embedded model
+    python bench/probe.py --facts 50 --prompts 2  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from knowpack.config import FactsConfig, ProbeConfig  # noqa: E402
+from knowpack.facts import build_facts  # noqa: E402
+from knowpack.models import load_model  # noqa: E402
+from knowpack.probe import build_prompt_sets, categorize, probe_facts  # noqa: E402
+from knowpack.probe.judge import clean_answer, is_correct  # noqa: E402
+
+
+def reference_probe(model, tokenizer, facts, config: ProbeConfig, batch_size: int) -> dict[tuple[str, int], str]:
+    """Greedy answers with plain generate on full prompts (the released code's method)."""
+    tokenizer.padding_side = "left"
+    answers = {}
+    for prompt_set in build_prompt_sets(tokenizer, config.num_prompts, config.shots, config.seed):
+        texts = [prompt_set.render(tokenizer, fact.question) for fact in facts]
+        for start in range(0, len(facts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=not prompt_set.chat).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**batch, max_new_tokens=config.max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            new_tokens = out[:, batch["input_ids"].shape[1]:]
+            for fact, tokens in zip(facts[start:start + batch_size], new_tokens):
+                answers[(fact.fact_id, prompt_set.prompt_id)] = clean_answer(
+                    tokenizer.decode(tokens, skip_special_tokens=True))
+    return answers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--facts", type=int, default=200)
+    parser.add_argument("--prompts", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=128, help="reference batch size (paper code: 128)")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    facts = build_facts(FactsConfig(max_facts=args.facts, seed=0))
+    config = ProbeConfig(num_prompts=args.prompts, shots=4, max_new_tokens=32)
+    print(f"{len(facts)} facts × {config.num_prompts} prompts, {model.device}, torch threads {torch.get_num_threads()}")
+
+    start = time.perf_counter()
+    rows = probe_facts(model, tokenizer, facts, config, progress=False)
+    ours_s = time.perf_counter() - start
+    start = time.perf_counter()
+    reference = reference_probe(model, tokenizer, facts, config, args.batch)
+    reference_s = time.perf_counter() - start
+
+    ours = {(r.fact_id, r.prompt_id): r.answer for r in rows.itertuples()}
+    differing = [key for key in ours if ours[key] != reference[key]]
+    by_id = {f.fact_id: f for f in facts}
+    reference_rows = rows.copy()
+    reference_rows["correct"] = [is_correct(reference[(r.fact_id, r.prompt_id)], by_id[r.fact_id].aliases)
+                                 for r in rows.itertuples()]
+    same_categories = categorize(rows)["category"].tolist() == categorize(reference_rows)["category"].tolist()
+
+    print(f"identical greedy answers: {len(ours) - len(differing)}/{len(ours)}"
+          + (f"  (first differences: {[(k, ours[k], reference[k]) for k in differing[:3]]})" if differing else ""))
+    print(f"identical categories:     {same_categories}")
+    print(f"reference: {reference_s:7.1f} s  {len(facts) * config.num_prompts / reference_s:7.1f} fact-prompts/s")
+    print(f"knowpack:  {ours_s:7.1f} s  {len(facts) * config.num_prompts / ours_s:7.1f} fact-prompts/s")
+    print(f"speed-up:  {reference_s / ours_s:.2f}×  (target ≥ 5×)")
+
+
+if __name__ == "__main__":
+    main()
