@@ -62,6 +62,10 @@ def test_facts_command_writes_jsonl(tmp_path):
     assert_user_error(knowpack("facts", "--source", "jsonl", str(bad), "--out", "o.jsonl", cwd=tmp_path),
                       "bad.jsonl:1: subject: Field required")
     assert not (tmp_path / "o.jsonl").exists()
+    assert_user_error(knowpack("facts", "--source", "wikidata", "--out", "o.jsonl", cwd=tmp_path),
+                      "facts --source: Input should be 'embedded' or 'jsonl' (got 'wikidata')")
+    assert_user_error(knowpack("facts", "--max-facts", "0", cwd=tmp_path),
+                      "facts --max-facts: Input should be greater than or equal to 1")
 
 
 def test_missing_benchmark_data_fails_before_any_work(tmp_path):

@@ -75,14 +75,18 @@ def facts(out: Annotated[Path, typer.Option("--out", "-o", help="facts.jsonl to 
     """Build question/answer facts and write them to a JSONL file."""
     from collections import Counter
 
+    from pydantic import ValidationError
+
     from knowpack.config import FactsConfig
     from knowpack.facts import build_facts, facts_to_jsonl
     from knowpack.rundir import atomic_path
 
     try:
         settings = FactsConfig(source=source, path=str(path) if path else None, max_facts=max_facts, seed=seed)
-    except ValueError as err:
-        raise KnowpackError(f"facts: {str(err).splitlines()[-1].strip()}") from err
+    except ValidationError as err:
+        first = err.errors()[0]
+        option = {"max_facts": "--max-facts"}.get(str(first["loc"][0]), f"--{first['loc'][0]}")
+        raise KnowpackError(f"facts {option}: {first['msg']} (got {first.get('input')!r})") from err
     built = build_facts(settings)
     if out.is_dir():
         raise KnowpackError(f"--out {out}: is a directory; give the facts.jsonl file to write")

