@@ -196,8 +196,10 @@ def _score_shared(model, encoded: list[tuple[list[int], list[int]]], batch_size:
             bodies = [list(context[prefix_len:-1]) for context in chunk]
             if any(bodies):
                 past = _forward(model, bodies, past, keep=1)[1]
+            _score_single_tokens(model, chunk, by_context, past, scores, bar)
             rows = [(j, index, [context[-1]] + continuation[:-1], continuation)
-                    for j, context in enumerate(chunk) for index, continuation in by_context[context]]
+                    for j, context in enumerate(chunk) for index, continuation in by_context[context]
+                    if len(continuation) > 1]
             rows.sort(key=lambda row: len(row[3]), reverse=True)  # similar lengths share a batch
             for batch in _chunks(rows, batch_size):
                 owner = torch.tensor([row[0] for row in batch], device=device)
@@ -207,6 +209,24 @@ def _score_shared(model, encoded: list[tuple[list[int], list[int]]], batch_size:
                     scores[row[1]] = score
                 bar.update(len(batch))
     return scores
+
+
+def _score_single_tokens(model, chunk: list[tuple[int, ...]], by_context, past: _Past | None,
+                         scores: list[float], bar) -> None:
+    """One-token continuations (MMLU's " A" … " D") all read the same next-token distribution:
+    one row per context instead of one row, and one copy of its cache, per option."""
+    owners = [j for j, context in enumerate(chunk) if any(len(c) == 1 for _, c in by_context[context])]
+    if not owners:
+        return
+    rows = torch.tensor(owners, device=model.device)
+    logits, _ = _forward(model, [[chunk[j][-1]] for j in owners], past.select(rows) if past else None, keep=1)
+    next_token = logits[:, -1].float()  # [B, V]
+    log_norm = next_token.logsumexp(dim=-1)  # [B]
+    for row, j in enumerate(owners):
+        for index, continuation in by_context[chunk[j]]:
+            if len(continuation) == 1:
+                scores[index] = (next_token[row, continuation[0]] - log_norm[row]).item()
+                bar.update(1)
 
 
 def _prefix_groups(contexts: list[tuple[int, ...]]) -> list[tuple[int, list[tuple[int, ...]]]]:
