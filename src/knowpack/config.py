@@ -42,7 +42,7 @@ class ProbeConfig(_Strict):
     num_prompts: int = Field(10, ge=1, description="few-shot prompt sets F (paper: 10)")
     shots: int = Field(4, ge=0, description="exemplars per prompt set (paper: 4)")
     max_new_tokens: int = Field(16, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(128, ge=1, description="questions decoded together")
     sampling: bool = Field(False, description="also sample (SliCK) to detect WeaklyKnown")
     num_samples: int = Field(16, ge=1)
     temperature: float = Field(0.5, gt=0)

@@ -22,32 +22,35 @@ def test_prefix_reuse_matches_plain_generate(tiny_model, smollm2_tokenizer):
     tok = smollm2_tokenizer
     prompt_set = build_prompt_sets(tok, 1, 2, seed=0)[0]
     questions = ["What is the capital of France?", "Who wrote Hamlet?", "Capital of Peru?"]
-    splits = [prompt_set.split_ids(tok, q) for q in questions]
-    prefix = splits[0][0]
-    assert len(prefix) > 20 and all(s[0] == prefix for s in splits)
+    prefix, suffixes = prompt_set.encode(tok, questions)
+    assert len(prefix) > 20
     settings = DecodeSettings(max_new_tokens=6)
-    ours = generate_with_prefix(tiny_model, prefix, [s[1] for s in splits], stop_ids=set(), pad_id=tok.pad_token_id,
+    ours = generate_with_prefix(tiny_model, prefix, suffixes, stop_ids=set(), pad_id=tok.pad_token_id,
                                 settings=settings, batch_size=2)
-    for (p, s), got in zip(splits, ours):
-        ids = torch.tensor([p + s])
+    for suffix, got in zip(suffixes, ours):
+        ids = torch.tensor([prefix + suffix])
         ref = tiny_model.generate(ids, max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(ids),
                                   pad_token_id=tok.pad_token_id, eos_token_id=None)
         assert got == ref[0, ids.shape[1]:].tolist()
 
 
-def test_split_ids_concatenate_to_the_full_prompt(smollm2_tokenizer):
+def test_prefix_and_suffixes_concatenate_to_each_full_prompt(smollm2_tokenizer):
     tok = smollm2_tokenizer
     prompt_set = build_prompt_sets(tok, 2, 4, seed=3)[1]
-    prefix, suffix = prompt_set.split_ids(tok, "What is the capital of Chad?")
+    questions = ["What is the capital of Chad?", "Which country is Lyon in?"]
+    prefix, suffixes = prompt_set.encode(tok, questions)
+    for question, suffix in zip(questions, suffixes):
+        assert prefix + suffix == tok(prompt_set.render(tok, question), add_special_tokens=False)["input_ids"]
+    # the shared part runs up to the question itself: "…<|im_start|>user\nQuestion:"
+    assert tok.decode(prefix).endswith("<|im_start|>user\nQuestion:")
     full = prompt_set.render(tok, "What is the capital of Chad?")
-    assert prefix + suffix == tok(full, add_special_tokens=False)["input_ids"]
     assert full.startswith("<|im_start|>system\nAnswer the following question.<|im_end|>\n<|im_start|>user\nQuestion: ")
     assert full.endswith("<|im_start|>user\nQuestion: What is the capital of Chad?<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_generation_stops_at_stop_token(tiny_model, smollm2_tokenizer):
     tok = smollm2_tokenizer
-    prefix, suffix = build_prompt_sets(tok, 1, 1, seed=0)[0].split_ids(tok, "Q?")
+    prefix, (suffix,) = build_prompt_sets(tok, 1, 1, seed=0)[0].encode(tok, ["Q?"])
     free = generate_with_prefix(tiny_model, prefix, [suffix], stop_ids=set(), pad_id=0,
                                 settings=DecodeSettings(max_new_tokens=5))[0]
     stop = free[-1]
@@ -58,7 +61,7 @@ def test_generation_stops_at_stop_token(tiny_model, smollm2_tokenizer):
 
 def test_sampling_is_seeded(tiny_model, smollm2_tokenizer):
     tok = smollm2_tokenizer
-    prefix, suffix = build_prompt_sets(tok, 1, 1, seed=0)[0].split_ids(tok, "Q?")
+    prefix, (suffix,) = build_prompt_sets(tok, 1, 1, seed=0)[0].encode(tok, ["Q?"])
     settings = DecodeSettings(max_new_tokens=5, do_sample=True, temperature=1.0, top_k=40, seed=7)
     first = generate_with_prefix(tiny_model, prefix, [suffix] * 4, stop_ids=set(), pad_id=0, settings=settings)
     again = generate_with_prefix(tiny_model, prefix, [suffix] * 4, stop_ids=set(), pad_id=0, settings=settings)
@@ -139,11 +142,12 @@ def test_zero_shot_and_plain_format(smollm2_tokenizer):
 
     zero = build_prompt_sets(smollm2_tokenizer, 2, 0, seed=0)
     assert all(not p.exemplars for p in zero)
-    prefix, suffix = zero[0].split_ids(smollm2_tokenizer, "Capital of Chad?")
-    assert smollm2_tokenizer.decode(prefix) == "<|im_start|>system\nAnswer the following question.<|im_end|>\n"
+    prefix, _ = zero[0].encode(smollm2_tokenizer, ["Capital of Chad?", "Capital of Peru?"])
+    assert smollm2_tokenizer.decode(prefix) == ("<|im_start|>system\nAnswer the following question.<|im_end|>\n"
+                                                "<|im_start|>user\nQuestion: Capital of")
     plain = PromptSet(0, (("Capital of Peru?", "Lima"),), chat=False)
     assert plain.render(smollm2_tokenizer, "Capital of Chad?") == (
         "Answer the following question.\n\nQuestion: Capital of Peru?\nAnswer: Lima\n\n"
         "Question: Capital of Chad?\nAnswer:")
-    prefix, suffix = plain.split_ids(smollm2_tokenizer, "Capital of Chad?")
+    prefix, (suffix,) = plain.encode(smollm2_tokenizer, ["Capital of Chad?"])
     assert prefix + suffix == smollm2_tokenizer(plain.render(smollm2_tokenizer, "Capital of Chad?"))["input_ids"]

@@ -56,8 +56,7 @@ def _context_limit(model) -> int | None:
 
 def _probe_prompt_set(model, tokenizer, prompt_set: PromptSet, facts: Sequence[Fact], config: ProbeConfig,
                       stop_ids: set[int], advance) -> list[dict]:
-    splits = [prompt_set.split_ids(tokenizer, fact.question) for fact in facts]
-    prefix_ids = splits[0][0]
+    prefix_ids, suffix_ids = prompt_set.encode(tokenizer, [fact.question for fact in facts])
     limit = _context_limit(model)
     rows: list[dict] = []
     runs = [(0, DecodeSettings(config.max_new_tokens, seed=config.seed))]
@@ -67,10 +66,8 @@ def _probe_prompt_set(model, tokenizer, prompt_set: PromptSet, facts: Sequence[F
     for first_sample, settings in runs:
         copies = 1 if not settings.do_sample else config.num_samples
         suffixes, owners = [], []
-        for fact, (prefix, suffix) in zip(facts, splits):
-            if prefix != prefix_ids:
-                raise KnowpackError("probe: the prompt prefix differs between questions; report this template")
-            if limit and len(prefix) + len(suffix) + config.max_new_tokens > limit:
+        for fact, suffix in zip(facts, suffix_ids):
+            if limit and len(prefix_ids) + len(suffix) + config.max_new_tokens > limit:
                 raise KnowpackError(f"probe: the prompt for fact {fact.fact_id} is longer than the model's context "
                                     f"({limit} tokens); lower probe.shots or shorten the question")
             for copy in range(copies):

@@ -1,8 +1,8 @@
 """Few-shot probe prompts, split into a prefix shared by every question and a per-question suffix.
 
 In:  a tokenizer, the number of prompt sets F and shots per set, a seed.
-Out: `PromptSet`s (exemplars fixed by the seed) that render any question to token ids as
-     ``prefix_ids + suffix_ids(question)``.
+Out: `PromptSet`s (exemplars fixed by the seed) that encode a batch of questions as one shared
+     prefix plus one suffix per question.
 
 Format (DESIGN.md): with a chat template, system "Answer the following question.", each exemplar a
 user turn "Question: …" and an assistant turn "Answer: …", then the question as a user turn and the
@@ -16,6 +16,7 @@ import ast
 import random
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Sequence
 
 from knowpack.offline_data import hf_dataset_dir
 
@@ -77,25 +78,28 @@ class PromptSet:
                                                  tokenize=False, add_generation_prompt=True)
         return _plain_text(self.exemplars, question)
 
-    def prefix_text(self, tokenizer) -> str:
-        if self.chat:
-            return tokenizer.apply_chat_template(_chat_messages(self.exemplars, None), tokenize=False)
-        return _plain_text(self.exemplars, None)
+    def encode(self, tokenizer, questions: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """(shared prefix ids, suffix ids per question): prefix + suffix is exactly each full prompt's ids.
 
-    def split_ids(self, tokenizer, question: str) -> tuple[list[int], list[int]]:
-        """(prefix ids, suffix ids) whose concatenation equals the full prompt's ids.
-
-        If the template does not split cleanly (the prefix text is not a prefix of the full text, or
-        tokens merge across the boundary) the whole prompt becomes the suffix: slower, never wrong.
+        The prefix is the longest run of tokens every full prompt starts with (the system turn, the
+        exemplars and the question's lead-in "…user\nQuestion:"), found on the real tokenization, so
+        no template or tokenizer detail can make the split differ from encoding the whole prompt.
+        Each suffix keeps at least one token (the one whose logits start the answer).
         """
-        full = self.render(tokenizer, question)
-        full_ids = _encode(tokenizer, full, self.chat)
-        prefix = self.prefix_text(tokenizer)
-        if full.startswith(prefix):
-            prefix_ids = _encode(tokenizer, prefix, self.chat)
-            if full_ids[:len(prefix_ids)] == prefix_ids:
-                return prefix_ids, full_ids[len(prefix_ids):]
-        return [], full_ids
+        full = [_encode(tokenizer, self.render(tokenizer, q), self.chat) for q in questions]
+        shared = min(len(ids) for ids in full) - 1
+        for ids in full[1:]:
+            shared = min(shared, _common_prefix_len(full[0], ids))
+        return full[0][:shared], [ids[shared:] for ids in full]
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _encode(tokenizer, text: str, chat: bool) -> list[int]:
