@@ -61,3 +61,19 @@ def test_sweep_shares_the_base_probe(tiny_model_dir, tmp_path):
     assert table["n_trained_facts"].tolist() == [2, 3]
     assert "reliability" in table.columns and "shift.negative" in table.columns
     assert "✓ probe_before: reused from" in console.export_text()
+
+
+def test_an_edited_facts_file_is_read_again(tmp_path):
+    from knowpack.facts import build_facts, facts_to_jsonl
+
+    facts = build_facts(load_config("smoke").facts)
+    path = tmp_path / "mine.jsonl"
+    path.write_text(facts_to_jsonl(facts[:10]))
+    config = load_config("smoke", overrides=["facts.source=jsonl", f"facts.path={path}", "facts.max_facts=null"])
+    run_pipeline(config, tmp_path / "run", until="facts", progress=False, console=Console(record=True))
+    assert len((tmp_path / "run" / "facts.jsonl").read_text().splitlines()) == 10
+    path.write_text(facts_to_jsonl(facts[:12]))
+    console = Console(record=True)
+    run_pipeline(config, tmp_path / "run", until="facts", progress=False, console=console)
+    assert "▶ facts" in console.export_text()
+    assert len((tmp_path / "run" / "facts.jsonl").read_text().splitlines()) == 12

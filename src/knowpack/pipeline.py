@@ -71,7 +71,10 @@ class Recipe:
 
     # -- stages -----------------------------------------------------------------------------------
     def facts_stage(self, upstream: str = "") -> str:
-        key = fingerprint("facts", self.config.facts.model_dump())
+        source = self.config.facts.path
+        # A user's facts file may change under the same path: its size and mtime are part of the key.
+        stamp = [Path(source).stat().st_size, Path(source).stat().st_mtime_ns] if source and Path(source).is_file() else None
+        key = fingerprint("facts", self.config.facts.model_dump(), stamp)
         self._stage("facts", key, ["facts.jsonl"],
                     lambda: self.run.write_text("facts.jsonl", facts_to_jsonl(build_facts(self.config.facts))))
         return key
