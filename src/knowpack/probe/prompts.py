@@ -13,6 +13,7 @@ Exemplars are TriviaQA validation questions with short answers, from the offline
 from __future__ import annotations
 
 import ast
+import os
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -87,19 +88,9 @@ class PromptSet:
         Each suffix keeps at least one token (the one whose logits start the answer).
         """
         full = [_encode(tokenizer, self.render(tokenizer, q), self.chat) for q in questions]
-        shared = min(len(ids) for ids in full) - 1
-        for ids in full[1:]:
-            shared = min(shared, _common_prefix_len(full[0], ids))
+        shared = min(len(os.path.commonprefix(full)), min(len(ids) for ids in full) - 1)
         return full[0][:shared], [ids[shared:] for ids in full]
 
-
-def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _encode(tokenizer, text: str, chat: bool) -> list[int]:
