@@ -48,3 +48,34 @@ def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
     make_tiny_llama(smollm2_tokenizer).save_pretrained(path)
     smollm2_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture()
+def run_cli(capsys, monkeypatch):
+    """Run ``knowpack ARGS`` in this process (fast: no interpreter start-up, imports shared).
+
+    Returns an object with ``returncode``, ``stdout`` and ``stderr`` like `subprocess.run`; the
+    rich console is made wide so one-line messages are not wrapped.
+    """
+    import subprocess
+    import sys
+    import warnings
+
+    from knowpack import cli
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        monkeypatch.setattr(sys, "argv", ["knowpack", *args])
+        monkeypatch.setenv("COLUMNS", "400")
+        monkeypatch.setattr(cli.console, "_width", 400, raising=False)
+        capsys.readouterr()
+        code = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            try:
+                cli.main()
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return run

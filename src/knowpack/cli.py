@@ -18,6 +18,7 @@ from knowpack.config import RunConfig, load_config
 from knowpack.errors import KnowpackError
 from knowpack.rundir import fingerprint
 
+_default_showwarning = __import__("warnings").showwarning
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="How many new facts can a LoRA adapter hold, and what does packing them in cost?")
 console = Console(stderr=True)
@@ -66,34 +67,87 @@ def run(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt = N
     typer.echo(str(run_dir))
 
 
-@app.command()
-def facts(out: Annotated[Path, typer.Option("--out", "-o", help="facts.jsonl to write")] = Path("facts.jsonl"),
-          source: Annotated[str, typer.Option(help="embedded or jsonl")] = "embedded",
-          path: Annotated[Optional[Path], typer.Argument(help="input file for source jsonl")] = None,
-          max_facts: Annotated[Optional[int], typer.Option(help="sample size (balanced); all if omitted")] = None,
-          seed: int = 0) -> None:
-    """Build question/answer facts and write them to a JSONL file."""
-    from collections import Counter
+FACTS_OPTIONS = {"max_facts": "--max-facts", "per_relation": "--per-relation", "per_bucket": "--per-bucket",
+                 "synthetic_count": "--count", "llm_paraphrases": "--llm-paraphrases", "name_files": "--names",
+                 "relations": "--relation", "sparql": "--endpoint/--limit/--page-size/--timeout/--retries"}
 
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def facts(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help="input file (dbpedia-dump, jsonl, csv, parquet); or `stats FILE` to count a facts.jsonl")] = None,
+    source: Annotated[str, typer.Option(help="embedded, dbpedia-dump, sparql, jsonl, csv, parquet or synthetic")] = "embedded",
+    out: Annotated[Path, typer.Option("--out", "-o", help="facts.jsonl to write")] = Path("facts.jsonl"),
+    relation: Annotated[Optional[list[str]], typer.Option(help="keep only this relation (repeatable)")] = None,
+    names: Annotated[Optional[list[Path]], typer.Option(help="dbpedia-dump: labels/redirects dump (repeatable)")] = None,
+    max_facts: Annotated[Optional[int], typer.Option(help="sample size (balanced); all if omitted")] = None,
+    per_relation: Annotated[Optional[int], typer.Option(help="at most N facts per relation")] = None,
+    per_bucket: Annotated[Optional[int], typer.Option(help="at most N facts per (relation, bucket)")] = None,
+    count: Annotated[int, typer.Option(help="synthetic: how many facts to make up")] = 1000,
+    strict: Annotated[bool, typer.Option(help="stop at the first malformed line instead of skipping it")] = False,
+    lang: Annotated[str, typer.Option(help="label language (dbpedia-dump, sparql)")] = "en",
+    endpoint: Annotated[str, typer.Option(help="sparql: endpoint URL (DBpedia or Wikidata)")] = "https://dbpedia.org/sparql",
+    limit: Annotated[Optional[int], typer.Option(help="sparql: rows per relation")] = 10000,
+    page_size: Annotated[int, typer.Option(help="sparql: rows per request")] = 1000,
+    timeout: Annotated[float, typer.Option(help="sparql: seconds per request")] = 30.0,
+    retries: Annotated[int, typer.Option(help="sparql: tries per request")] = 4,
+    llm_paraphrases: Annotated[int, typer.Option(help="LLM paraphrases per fact (0 = templates only)")] = 0,
+    paraphrase_model: Annotated[str, typer.Option(help="model writing LLM paraphrases")] = "embedded",
+    seed: int = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build question/answer facts and write them to a JSONL file (or: knowpack facts stats FILE)."""
     from pydantic import ValidationError
 
     from knowpack.config import FactsConfig
     from knowpack.facts import build_facts, facts_to_jsonl
     from knowpack.rundir import atomic_path
 
-    try:
-        settings = FactsConfig(source=source, path=str(path) if path else None, max_facts=max_facts, seed=seed)
-    except ValidationError as err:
-        first = err.errors()[0]
-        option = {"max_facts": "--max-facts"}.get(str(first["loc"][0]), f"--{first['loc'][0]}")
-        raise KnowpackError(f"facts {option}: {first['msg']} (got {first.get('input')!r})") from err
-    built = build_facts(settings)
+    inputs = inputs or []
+    if inputs[:1] == ["stats"]:
+        if len(inputs) != 2:
+            raise KnowpackError("usage: knowpack facts stats FILE (one facts.jsonl)")
+        print_facts_stats(Path(inputs[1]))
+        return
+    if len(inputs) > 1:
+        raise KnowpackError(f"facts: one input file, got {len(inputs)}; pass label/redirect dumps with --names")
     if out.is_dir():
         raise KnowpackError(f"--out {out}: is a directory; give the facts.jsonl file to write")
+    try:
+        settings = FactsConfig(
+            source=source, path=inputs[0] if inputs else None, name_files=[str(p) for p in names or []],
+            relations=relation or [], lang=lang, strict=strict, synthetic_count=count, max_facts=max_facts,
+            per_relation=per_relation, per_bucket=per_bucket, llm_paraphrases=llm_paraphrases,
+            paraphrase_model=paraphrase_model, seed=seed,
+            sparql={"endpoint": endpoint, "limit": limit, "page_size": page_size, "timeout": timeout, "retries": retries})
+    except ValidationError as err:
+        first = err.errors()[0]
+        option = FACTS_OPTIONS.get(str(first["loc"][0]), f"--{first['loc'][0]}")
+        raise KnowpackError(f"facts {option}: {first['msg']} (got {first.get('input')!r})") from err
+    built = build_facts(settings, progress=not quiet)
     with atomic_path(out) as temp:
         temp.write_text(facts_to_jsonl(built), encoding="utf-8")
-    by_relation = Counter(f.relation for f in built)
-    console.print(f"{len(built)} facts over {len(by_relation)} relations → {out}")
+    relations = {f.relation for f in built}
+    console.print(f"{len(built)} facts over {len(relations)} relations → {out}")
+
+
+def print_facts_stats(path: Path) -> None:
+    from knowpack.facts import facts_stats
+
+    stats = facts_stats(path)
+    buckets = ["head", "torso", "tail", "none"]
+    shown = [b for b in buckets if b in stats["buckets"]]  # type: ignore[operator]
+    table = Table(title=f"{path}: {stats['facts']} facts")
+    table.add_column("relation")
+    for bucket in [*shown, "total"]:
+        table.add_column(bucket, justify="right")
+    for name, counts in stats["relations"].items():  # type: ignore[union-attr]
+        table.add_row(name, *[str(counts.get(b, 0)) for b in shown], str(sum(counts.values())))
+    table.add_row("[bold]total[/bold]", *[str(stats["buckets"].get(b, 0)) for b in shown],  # type: ignore[union-attr]
+                  str(stats["facts"]), end_section=True)
+    Console().print(table)
+    Console().print(f"aliases per fact {stats['mean_aliases']:.2f} · paraphrases per fact "
+                    f"{stats['mean_paraphrases']:.2f} · sources {stats['sources']}")
 
 
 @app.command()
@@ -181,7 +235,19 @@ def sweep(config: Annotated[Path, typer.Option("--config", "-c", help="sweep YAM
     typer.echo(str(table))
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from knowpack.errors import KnowpackWarning
+
+    if issubclass(category, KnowpackWarning):
+        console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         app(standalone_mode=False)
     except KnowpackError as err:

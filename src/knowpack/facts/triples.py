@@ -1,0 +1,149 @@
+"""From (subject, relation, object) triples to facts: the part every knowledge-graph source shares.
+
+In:  triples streamed one at a time into a `TripleCollector` (entity keys such as IRIs or names),
+     then names and alternative names for the entities, and optionally a popularity per entity.
+Out: `Fact`s, one per (subject, relation) pair that has exactly one object, with a templated
+     question, template paraphrases, cleaned aliases and a Head-to-Tail popularity bucket.
+
+Memory grows with the number of distinct entities and of (subject, relation) pairs kept, never
+with the number of lines read: a 22.8 M-line DBpedia dump is streamed, not loaded. Restricting the
+relations (``relations=``) keeps only the pairs of those relations.
+
+Rules (the same as the embedded source):
+- only (subject, relation) pairs with exactly one object are kept; two subjects whose questions
+  read the same (same name) but have different answers are both dropped, since the question
+  would be ambiguous; same name and same answer keeps the more popular one;
+- a fact whose answer appears in its question or one of its template paraphrases is dropped, and
+  so is any alias that does;
+- popularity (DESIGN.md): the number of triples that contain the entity, as subject or object,
+  counted over every triple read, whatever its relation; a source may give its own measure;
+- buckets: `assign_buckets` over the subjects of each relation separately (relations differ
+  wildly in size, so one global ranking would leave small relations all "tail").
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Callable, Collection, Iterable, Mapping
+
+from knowpack.errors import KnowpackError
+from knowpack.facts.popularity import assign_buckets, clean_aliases, normalize_alias
+from knowpack.facts.schema import Fact, make_fact_id
+from knowpack.facts.templates import leaks_answer, paraphrases, question_texts, render_question
+
+MAX_ALIASES = 5
+_SEVERAL = object()  # marks a (subject, relation) pair seen with two different objects
+
+
+@dataclass(frozen=True)
+class Triple:
+    subject: str
+    relation: str
+    object: str
+
+
+class TripleCollector:
+    """Counts entity mentions and remembers the single object of each (subject, relation) pair.
+
+    >>> collector = TripleCollector()
+    >>> collector.add("France", "capital", "Paris")
+    >>> collector.build(source="example")[0].question
+    'What is the capital of France?'
+    """
+
+    def __init__(self, relations: Collection[str] | None = None) -> None:
+        self.relations = frozenset(relations) if relations is not None else None
+        self.mentions: Counter[str] = Counter()
+        self.relation_counts: Counter[str] = Counter()
+        self._objects: dict[str, dict[str, object]] = defaultdict(dict)  # relation -> subject -> object
+
+    def add(self, subject: str, relation: str, obj: str) -> None:
+        self.mentions[subject] += 1
+        self.mentions[obj] += 1
+        relation = sys.intern(relation)
+        self.relation_counts[relation] += 1
+        if self.relations is not None and relation not in self.relations:
+            return
+        objects = self._objects[relation]
+        previous = objects.get(subject)
+        if previous is None:
+            objects[subject] = obj
+        elif previous is not _SEVERAL and previous != obj:
+            objects[subject] = _SEVERAL
+
+    def check_relations(self, where: str) -> None:
+        """A requested relation that never occurred is a user mistake: say which ones exist."""
+        if self.relations is None:
+            return
+        missing = sorted(self.relations - set(self.relation_counts))
+        if missing:
+            close = difflib.get_close_matches(missing[0], list(self.relation_counts), n=1, cutoff=0.7)
+            hint = f"; did you mean {close[0]!r}?" if close else ": no triple uses it"
+            common = ", ".join(name for name, _ in self.relation_counts.most_common(8)) or "none"
+            raise KnowpackError(f"{where}: unknown relation {missing[0]!r}{hint} "
+                                f"(most common relations there: {common})")
+
+    def entities(self) -> set[str]:
+        """Every subject and object of a kept pair: the entities whose names are needed."""
+        needed: set[str] = set()
+        for objects in self._objects.values():
+            for subject, obj in objects.items():
+                if obj is not _SEVERAL:
+                    needed.add(subject)
+                    needed.add(obj)  # type: ignore[arg-type]
+        return needed
+
+    def build(self, *, source: str, name: Callable[[str], str] | None = None,
+              answer_name: Callable[[str], str] | None = None,
+              aliases: Mapping[str, Iterable[str]] | None = None,
+              popularity: Mapping[str, float] | None = None) -> list[Fact]:
+        """The facts, ordered by relation then subject name.
+
+        ``name(entity)`` is how the entity reads in a question (default: the key itself);
+        ``answer_name(entity)`` how it reads as an answer (default: ``name``); ``aliases[entity]``
+        its alternative names; ``popularity[entity]`` overrides the mention count.
+        """
+        name = name or (lambda entity: entity)
+        answer_name = answer_name or name
+        aliases = aliases or {}
+        facts: list[Fact] = []
+        for relation in sorted(self._objects):
+            drafts: dict[str, tuple[float, str, str]] = {}  # subject name -> (popularity, subject, object)
+            clashes: set[str] = set()
+            for subject, obj in self._objects[relation].items():
+                if obj is _SEVERAL:
+                    continue
+                phrase = name(subject)
+                score = popularity.get(subject, 0.0) if popularity is not None else float(self.mentions[subject])
+                if phrase in drafts and answer_name(drafts[phrase][2]) != answer_name(obj):  # type: ignore[arg-type]
+                    clashes.add(phrase)
+                if phrase not in drafts or score > drafts[phrase][0]:
+                    drafts[phrase] = (score, subject, obj)  # type: ignore[assignment]
+            kept: list[tuple[str, str, str, str, float, list[str], list[str]]] = []
+            for phrase in sorted(drafts, key=lambda p: (p.casefold(), p)):
+                score, subject, obj = drafts[phrase]
+                if phrase in clashes or not phrase.strip():
+                    continue
+                answer = answer_name(obj).strip()
+                if not answer:
+                    continue
+                question = render_question(relation, phrase)
+                others = paraphrases(relation, phrase)
+                texts = question_texts(relation, phrase, (question, *others))
+                if leaks_answer(answer, texts):
+                    continue
+                # An alias containing the answer accepts nothing new; one in the question gives it away.
+                candidates = [a for a in aliases.get(obj, ()) if normalize_alias(a) and a != answer
+                              and answer.lower() not in a.lower() and not leaks_answer(a, texts)]
+                kept.append((subject, phrase, obj, answer, score, [question, *others],
+                             clean_aliases(answer, candidates, limit=MAX_ALIASES)))
+            buckets = assign_buckets({phrase: score for _, phrase, _, _, score, _, _ in kept})
+            for subject, phrase, obj, answer, _, questions, alias_list in kept:
+                facts.append(Fact(fact_id=make_fact_id(subject, relation, obj), subject=phrase,
+                                  relation=relation, object=answer, question=questions[0], answer=answer,
+                                  aliases=alias_list, bucket=buckets[phrase], source=source,
+                                  paraphrases=questions[1:]))
+        return facts
