@@ -48,7 +48,7 @@ wd:Q142 wdt:P36 wd:Q90 ; rdfs:label "France"@en ; wikibase:sitelinks 400 .
 wd:Q183 wdt:P36 wd:Q64 ; rdfs:label "Germany"@en ; wikibase:sitelinks 350 .
 wd:Q29 wdt:P36 wd:Q2807 ; rdfs:label "Spain"@en ; wikibase:sitelinks 10 .
 wd:Q90 rdfs:label "Paris"@en ; skos:altLabel "City of Light"@en, "Ville Lumière"@fr .
-wd:Q64 rdfs:label "Berlin"@en . wd:Q2807 rdfs:label "Madrid"@en .
+wd:Q64 rdfs:label "Berlin"@en, "Athens on the Spree"@en-GB, "Berlin"@en-US . wd:Q2807 rdfs:label "Madrid"@en .
 """
 GRAPH = Graph().parse(data=DATA, format="turtle")
 CAPITAL = "http://dbpedia.org/ontology/capital"
@@ -160,6 +160,7 @@ def test_wikidata_dialect_maps_property_ids_and_uses_sitelinks(endpoint):
     assert sorted(by_subject) == ["France", "Germany", "Spain"]
     assert by_subject["France"].relation == "capital" and by_subject["France"].source == "sparql:wikidata"
     assert by_subject["France"].aliases == ["Paris", "City of Light"]  # skos:altLabel in English
+    assert by_subject["Germany"].aliases == ["Berlin", "Athens on the Spree"]  # "en" beats en-GB
     assert by_subject["Spain"].bucket == "tail" and by_subject["France"].bucket == "head"
     assert any("sitelinks" in q for q in endpoint.queries)
 
@@ -299,3 +300,14 @@ def test_queries_are_valid_sparql_11_for_both_dialects():
         for query in (sparql._page_query(CAPITAL, "pt-BR", 10, 20),
                       sparql._alias_query([CAPITAL, "http://x/{a}"], "en", wikidata)):
             prepareQuery(query)
+
+
+def test_cli_sparql_source(endpoint, run_cli, tmp_path):
+    out = tmp_path / "facts.jsonl"
+    result = run_cli("facts", "--source", "sparql", "--endpoint", endpoint.url, "--relation", "dbo:capital",
+                     "--page-size", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert len(out.read_text().splitlines()) == 5
+    missing = run_cli("facts", "--source", "sparql", "--endpoint", endpoint.url, "--out", str(tmp_path / "x.jsonl"))
+    assert missing.returncode == 2 and "needs --relation" in missing.stderr and "Traceback" not in missing.stderr
+    assert not (tmp_path / "x.jsonl").exists()

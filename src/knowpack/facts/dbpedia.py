@@ -206,7 +206,10 @@ class _Names:
         self.alternatives[entity_key(target)].append(name_from_key(entity_key(redirect)))
 
     def question_name(self, key: str) -> str:
-        return self.labels.get(key) or name_from_key(key)
+        name = self.labels.get(key)
+        if name is None:  # derived once per entity: building facts asks for each name several times
+            name = self.labels[key] = name_from_key(key)
+        return name
 
     def answer_name(self, key: str) -> str:
         return _DISAMBIGUATION.sub("", self.question_name(key)) or self.question_name(key)

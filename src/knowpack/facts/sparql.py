@@ -179,8 +179,9 @@ def _keep_label(labels: dict[str, tuple[bool, str]], aliases: dict[str, list[str
     previous = labels.get(entity)
     if previous is None or candidate < previous:
         labels[entity] = candidate
-    if previous is not None and previous[1] != text:
-        aliases[entity].append(text if candidate >= previous else previous[1])
+    other = None if previous is None or previous[1] == text else max(candidate, previous)[1]
+    if other is not None and other not in aliases[entity]:  # the losing label is an alias
+        aliases[entity].append(other)
 
 
 def _pages(client: _Endpoint, predicate: str, lang: str, limit: int | None,
@@ -291,7 +292,7 @@ class _Endpoint:
     def _fetch(self, query: str) -> bytes:
         problem = ""
         for attempt in range(self.retries):
-            wait = min(self.backoff * 2 ** attempt, MAX_WAIT)
+            wait = min(self.backoff * 2.0 ** min(attempt, 16), MAX_WAIT)  # min(): no float overflow
             try:
                 with urllib.request.urlopen(self._request(query), timeout=self.timeout) as response:
                     return response.read()

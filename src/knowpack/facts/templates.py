@@ -15,6 +15,7 @@ does start with the subject reads correctly.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Iterable
 
@@ -247,6 +248,11 @@ def templates_for(relation: str) -> list[str]:
     """The relation's templates (``{subject}`` placeholders), or the fallback ones built from its name."""
     if relation in TEMPLATES:
         return TEMPLATES[relation]
+    return _fallback_templates(relation)
+
+
+@functools.lru_cache(maxsize=4096)  # a dump has a few hundred relations, each asked for ~10^5 times
+def _fallback_templates(relation: str) -> list[str]:
     words = relation_words(relation)
     return [t.replace("{relation}", words) for t in FALLBACK_TEMPLATES]
 
