@@ -60,10 +60,10 @@ def test_facts_command_writes_jsonl(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"fact_id": "x"}\n')
     assert_user_error(knowpack("facts", "--source", "jsonl", str(bad), "--out", "o.jsonl", cwd=tmp_path),
-                      "bad.jsonl:1: subject: Field required")
+                      "bad.jsonl: columns ['fact_id'] are neither triples")
     assert not (tmp_path / "o.jsonl").exists()
     assert_user_error(knowpack("facts", "--source", "wikidata", "--out", "o.jsonl", cwd=tmp_path),
-                      "facts --source: Input should be 'embedded' or 'jsonl' (got 'wikidata')")
+                      "facts --source: Input should be 'embedded', 'dbpedia-dump', 'sparql'")
     assert_user_error(knowpack("facts", "--max-facts", "0", cwd=tmp_path),
                       "facts --max-facts: Input should be greater than or equal to 1")
 

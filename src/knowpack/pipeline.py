@@ -71,12 +71,13 @@ class Recipe:
 
     # -- stages -----------------------------------------------------------------------------------
     def facts_stage(self, upstream: str = "") -> str:
-        source = self.config.facts.path
-        # A user's facts file may change under the same path: its size and mtime are part of the key.
-        stamp = [Path(source).stat().st_size, Path(source).stat().st_mtime_ns] if source and Path(source).is_file() else None
-        key = fingerprint("facts", self.config.facts.model_dump(), stamp)
+        inputs = [self.config.facts.path, *self.config.facts.name_files]
+        # A user's input files may change under the same path: their size and mtime are part of the key.
+        stamp = [[Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in inputs if p and Path(p).is_file()]
+        key = fingerprint("facts", self.config.facts.model_dump(), stamp or None)
         self._stage("facts", key, ["facts.jsonl"],
-                    lambda: self.run.write_text("facts.jsonl", facts_to_jsonl(build_facts(self.config.facts))))
+                    lambda: self.run.write_text("facts.jsonl", facts_to_jsonl(
+                        build_facts(self.config.facts, progress=self.progress))))
         return key
 
     def probe_before_stage(self, upstream: str) -> str:
