@@ -92,7 +92,7 @@ def facts(
     timeout: Annotated[float, typer.Option(help="sparql: seconds per request")] = 30.0,
     retries: Annotated[int, typer.Option(help="sparql: tries per request")] = 4,
     llm_paraphrases: Annotated[int, typer.Option(help="LLM paraphrases per fact (0 = templates only)")] = 0,
-    paraphrase_model: Annotated[str, typer.Option(help="model writing LLM paraphrases")] = "embedded",
+    paraphrase_model: Annotated[str, typer.Option(help="model writing LLM paraphrases")] = "smollm2-135m-instruct",
     seed: int = 0,
     quiet: QuietOpt = False,
 ) -> None:
@@ -256,11 +256,20 @@ def main() -> None:
     except typer.Abort:
         console.print("aborted")
         sys.exit(130)
+    except MemoryError:
+        console.print("error: out of memory; lower probe.batch_size / train.batch_size, use model.dtype=bfloat16, "
+                      "or a smaller model (finished stages are kept; rerun to resume)")
+        sys.exit(3)
     except KeyboardInterrupt:
         console.print("interrupted; rerun the same command to resume from the last finished stage")
         sys.exit(130)
     except Exception as err:  # click usage errors carry their own exit code
         import click
+
+        if type(err).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (GPU), without importing torch
+            console.print(f"error: out of GPU memory ({str(err).splitlines()[0][:160]}); lower probe.batch_size / "
+                          "train.batch_size or use a smaller model (finished stages are kept; rerun to resume)")
+            sys.exit(3)
 
         if isinstance(err, click.ClickException):
             err.show()

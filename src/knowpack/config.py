@@ -56,7 +56,7 @@ class FactsConfig(_Strict):
     per_relation: int | None = Field(None, ge=1, description="at most this many facts per relation")
     per_bucket: int | None = Field(None, ge=1, description="at most this many per (relation, popularity bucket)")
     llm_paraphrases: int = Field(0, ge=0, description="LLM paraphrases added per fact (0 = template ones only)")
-    paraphrase_model: str = Field("embedded", description="causal LM that writes the LLM paraphrases")
+    paraphrase_model: str = Field("smollm2-135m-instruct", description="causal LM that writes the LLM paraphrases")
     seed: int = 0
 
 

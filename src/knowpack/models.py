@@ -13,6 +13,7 @@ loads take well under a second and give identical logits.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
@@ -148,6 +149,8 @@ def load_model(name: str = EMBEDDED_MODEL, *, dtype: str = "auto", device: str =
     if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
         raise KnowpackError(f"model.name: {name} has no .safetensors weights; knowpack loads safetensors only "
                             "(convert pickled .bin weights with transformers' save_pretrained first)")
+    if Path(path).is_dir():
+        check_model_fits(name, Path(path), torch_dtype, torch_device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
@@ -156,3 +159,43 @@ def load_model(name: str = EMBEDDED_MODEL, *, dtype: str = "auto", device: str =
     model.to(torch_device)
     model.eval()
     return model, tokenizer
+
+
+def check_model_fits(name: str, folder: Path, dtype, device) -> None:
+    """Refuse, before loading, a model whose weights alone exceed the free memory of the device.
+
+    The size is the parameter count read from the safetensors headers (no weights are read) times
+    the bytes per parameter of the requested dtype; free memory is ``MemAvailable`` on CPU and
+    ``torch.cuda.mem_get_info`` on CUDA. Training and probing need more on top, so this catches
+    only the hopeless cases, early and with a useful message instead of the OOM killer.
+    """
+    import torch
+    from safetensors import safe_open
+
+    parameters = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(file, framework="pt") as weights:
+            for key in weights.keys():
+                parameters += math.prod(weights.get_slice(key).get_shape())
+    needed = parameters * torch.tensor([], dtype=dtype).element_size()
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise KnowpackError(f"model.name: {name} needs {needed / 2**30:.1f} GiB for its weights in {dtype} but only "
+                            f"{free / 2**30:.1f} GiB is free on {device}; use model.dtype=bfloat16, another "
+                            "model.device, or a smaller model")
+
+
+def available_memory(device) -> int | None:
+    """Free bytes on ``device`` (None when unknown)."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

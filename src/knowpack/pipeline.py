@@ -101,7 +101,7 @@ class Recipe:
                                                   c.mixture)
             self.run.write_text("train_set.jsonl", "".join(e.model_dump_json() + "\n" for e in examples))
             self.run.write_json("trained_facts.json", unknown_ids)
-            peft_model = add_lora(self.model, c.lora)
+            peft_model = add_lora(self.model, c.lora, seed=c.train.seed)
             self._model = peft_model
             by_epoch: list[float] = []
             trained = [f for f in self.facts() if f.fact_id in set(unknown_ids)]
@@ -186,11 +186,12 @@ class Recipe:
         """Run the stages in order up to and including ``until`` (one of `STAGES`)."""
         if until not in STAGES:
             raise ValueError(f"until must be one of {STAGES}")
-        self.console.print(f"run directory: {self.run.path}")
-        self.run.write_text("config.yaml", config_to_yaml(self.config))
-        key = ""
-        for name in STAGES[:STAGES.index(until) + 1]:
-            key = getattr(self, f"{name}_stage")(key)
+        with self.run.lock():
+            self.console.print(f"run directory: {self.run.path}")
+            self.run.write_text("config.yaml", config_to_yaml(self.config))
+            key = ""
+            for name in STAGES[:STAGES.index(until) + 1]:
+                key = getattr(self, f"{name}_stage")(key)
         return self.run.path
 
     def report_stage(self, upstream: str) -> str:

@@ -3,11 +3,15 @@
 In:  a path.  Out: a `RunDir` whose writers never leave a half-written file (write to a temp file in
 the same folder, fsync, rename) and whose manifest (``manifest.json``) records, per stage, the
 fingerprint of its inputs and config and the artifacts it wrote. A stage whose fingerprint is
-unchanged and whose artifacts are all present is not redone.
+unchanged and whose artifacts are all present and match their recorded SHA-256 checksums is not
+redone; an artifact that was damaged since (truncated, edited, half-copied) is detected, reported
+with a warning, and its stage recomputed. `RunDir.lock` keeps two processes out of one directory,
+and a full disk while writing is one clear error that leaves the finished artifacts intact.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,9 +23,10 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from knowpack.errors import KnowpackError
+from knowpack.errors import KnowpackError, warn
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 
 
 def fingerprint(*parts: Any) -> str:
@@ -38,10 +43,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.close(handle)
     temp_path = Path(temp)
     try:
-        yield temp_path
-        with open(temp_path, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temp_path, target)
+        with _disk_full_is_a_user_error(target):
+            yield temp_path
+            with open(temp_path, "rb") as written:
+                os.fsync(written.fileno())
+            os.replace(temp_path, target)
     finally:
         temp_path.unlink(missing_ok=True)
 
@@ -50,14 +56,38 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``target``; on success it replaces ``target`` whole."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
-        yield staging
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        with _disk_full_is_a_user_error(target):
+            yield staging
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def _disk_full_is_a_user_error(target: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise KnowpackError(f"{target}: disk full while writing it; free some space and rerun the same "
+                                "command (finished artifacts are kept)") from err
+        raise
+
+
+def file_checksum(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (names and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 class RunDir:
@@ -73,7 +103,44 @@ class RunDir:
             raise KnowpackError(f"--out {self.path}: cannot create the run directory ({err.strerror})") from err
 
     def __truediv__(self, name: str) -> Path:
-        return self.path / name
+        """The artifact ``name`` inside the run directory; a name that would lead outside it is refused."""
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise KnowpackError(f"{name}: artifact paths must stay inside the run directory {self.path}")
+        return self.path / relative
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for this process; a second process gets a clear error at once."""
+        import fcntl
+
+        handle = open(self.path / LOCK, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "another process"
+                raise KnowpackError(f"{self.path}: in use by {owner}; wait for it to finish or choose another --out")
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"knowpack pid {os.getpid()}")
+            handle.flush()
+            self._remove_stale_temporaries()
+            yield
+        finally:
+            handle.close()  # closing releases the lock, also when the process is killed
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temp files and staging folders left by a killed process (``.<name>.<random>.tmp``).
+
+        Called only while holding the lock, so no live writer owns them.
+        """
+        for stale in self.path.rglob(".*.tmp"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
     # -- writers -----------------------------------------------------------------------------------
     def write_text(self, name: str, text: str) -> Path:
@@ -108,9 +175,18 @@ class RunDir:
             return {}  # a damaged manifest only means every stage is redone
 
     def is_done(self, stage: str, stage_fingerprint: str) -> bool:
+        """Finished with this fingerprint, every artifact present and unchanged since it was written."""
         entry = self.manifest().get(stage)
-        return bool(entry and entry["fingerprint"] == stage_fingerprint
-                    and all((self / name).exists() for name in entry["outputs"]))
+        if not entry or entry["fingerprint"] != stage_fingerprint:
+            return False
+        if not all((self / name).exists() for name in entry["outputs"]):
+            return False
+        for name, expected in entry.get("checksums", {}).items():
+            if file_checksum(self / name) != expected:
+                warn(f"{self / name}: does not match its checksum in {MANIFEST} (corrupt or truncated); "
+                     f"recomputing stage {stage}")
+                return False
+        return True
 
     def adopt(self, stage: str, stage_fingerprint: str, other: "RunDir") -> bool:
         """Copy a finished stage with the same fingerprint from another run directory (sweeps share probes)."""
@@ -130,7 +206,8 @@ class RunDir:
 
     def mark_done(self, stage: str, stage_fingerprint: str, outputs: list[str]) -> None:
         manifest = self.manifest()
-        manifest[stage] = {"fingerprint": stage_fingerprint, "outputs": outputs}
+        manifest[stage] = {"fingerprint": stage_fingerprint, "outputs": outputs,
+                           "checksums": {name: file_checksum(self / name) for name in outputs}}
         self.write_json(MANIFEST, manifest)
 
 

@@ -37,14 +37,17 @@ from knowpack.facts.schema import Fact
 PROMPT_VERSION = 1
 SYSTEM_PROMPT = "You rephrase questions. You never answer them."
 INSTRUCTION = "Rephrase the question below differently, keeping its meaning. Reply with the question only."
-# One demonstration turn (question, rephrasing): small chat models otherwise tend to answer.
-EXAMPLE = ("How tall is Mount Everest?", "What is the height of Mount Everest?")
+# Demonstration turns (question, rephrasing, its subject): small chat models otherwise tend to answer.
+EXAMPLES: tuple[tuple[str, str, str], ...] = (
+    ("How tall is Mount Everest?", "What is the height of Mount Everest?", "Mount Everest"),
+)
 TOP_P = 0.95
 MIN_CHARS, MAX_CHARS = 8, 300
 
 # Rejection reasons, as `check_candidate` returns them and the cache stores them.
 EMPTY, TOO_SHORT, TOO_LONG, NO_QUESTION_MARK = "empty", "too_short", "too_long", "no_question_mark"
 LEAKS_ANSWER, NO_SUBJECT, DUPLICATE = "leaks_answer", "no_subject", "duplicate"
+COPIES_EXAMPLE = "copies_example"
 
 _LIST_MARK = re.compile(r"^(?:[-*\u2022]|\d+[.)])\s+")
 _PREFIX = re.compile(
@@ -53,6 +56,7 @@ _PREFIX = re.compile(
     r"(?:question|version|paraphrase)(?:\s*\d+)?|rephrased|reworded|paraphrased|rewritten|rephrasing)"
     r"\s*[:\-\u2013]\s*", re.IGNORECASE)
 _INNER_QUESTION = re.compile(r"\bquestion\s*:\s*", re.IGNORECASE)
+_POSSESSIVE = re.compile(r"['\u2019]s\b")
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb"
 
 
@@ -71,17 +75,17 @@ def _user_turn(question: str) -> str:
 def build_prompt(question: str, tokenizer) -> str:
     """The prompt text for one question: chat template when the tokenizer has one, plain text otherwise."""
     if getattr(tokenizer, "chat_template", None):
-        turns = [{"role": "user", "content": _user_turn(EXAMPLE[0])},
-                 {"role": "assistant", "content": EXAMPLE[1]},
-                 {"role": "user", "content": _user_turn(question)}]
+        turns = [turn for q, a, _ in EXAMPLES for turn in ({"role": "user", "content": _user_turn(q)},
+                                                           {"role": "assistant", "content": a})]
+        turns.append({"role": "user", "content": _user_turn(question)})
         try:
             return tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM_PROMPT}, *turns],
                                                  add_generation_prompt=True, tokenize=False)
         except Exception:  # some templates (Gemma's) reject a system turn: fold it into the first user turn
             turns[0] = {"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{turns[0]['content']}"}
             return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-    return (f"{SYSTEM_PROMPT}\n\n{_user_turn(EXAMPLE[0])}\nRephrased question: {EXAMPLE[1]}\n\n"
-            f"{_user_turn(question)}\nRephrased question:")
+    shots = "".join(f"{_user_turn(q)}\nRephrased question: {a}\n\n" for q, a, _ in EXAMPLES)
+    return f"{SYSTEM_PROMPT}\n\n{shots}{_user_turn(question)}\nRephrased question:"
 
 
 # --- cleaning and filtering -----------------------------------------------------------------
@@ -134,9 +138,13 @@ def check_candidate(candidate: str, fact: Fact, taken: set[str]) -> str | None:
       (the judge's own test), or the normalized alias as a whole-word run inside the normalized
       text. A paraphrase that gives the answer away would teach nothing.
     - ``no_subject``: the normalized subject must be a whole-word run inside the normalized text,
-      so the paraphrase is still about the same entity. Skipped when the fact's own question does
-      not contain its subject that way (QA data whose subject falls back to the question).
+      so the paraphrase is still about the same entity; a possessive "'s" is dropped first, so
+      "Ruritania's capital" names Ruritania ("Ruritanias" does not). Skipped when the fact's own question does
+      not contain its subject that way, or is its subject (QA data whose subject falls back to the
+      question).
     - ``duplicate``: its normalized form must differ from everything in ``taken``.
+    - ``copies_example``: it must not name the subject of a demonstration turn (`EXAMPLES`)
+      unless the fact's question does ("What is the height of Mount Everest in Nepal?").
     """
     if not candidate:
         return EMPTY
@@ -149,11 +157,15 @@ def check_candidate(candidate: str, fact: Fact, taken: set[str]) -> str | None:
     lowered, normalized = candidate.lower(), normalize_alias(candidate)
     if any(alias.lower() in lowered or _whole_words(normalize_alias(alias), normalized) for alias in fact.aliases):
         return LEAKS_ANSWER
-    subject = normalize_alias(fact.subject)
-    if _whole_words(subject, normalize_alias(fact.question)) and not _whole_words(subject, normalized):
+    subject, question = normalize_alias(fact.subject), normalize_alias(fact.question)
+    if (subject != question and _whole_words(subject, question)
+            and not _whole_words(subject, normalize_alias(_POSSESSIVE.sub("", candidate)))):
         return NO_SUBJECT
     if normalized in taken:
         return DUPLICATE
+    if any(_whole_words(normalize_alias(entity), normalized) and not _whole_words(normalize_alias(entity), question)
+           for _, _, entity in EXAMPLES):
+        return COPIES_EXAMPLE
     return None
 
 

@@ -78,6 +78,13 @@ def run_sweep(path: str | Path, out: str | Path, *, progress: bool = True,
 
     console = console or Console(stderr=True)
     sweep = load_sweep(path)
+    with RunDir(out).lock():  # a second worker on the same sweep directory stops with a clear message
+        return _run_grid(sweep, Path(out), progress, console)
+
+
+def _run_grid(sweep: SweepConfig, out: Path, progress: bool, console: Console) -> Path:
+    from knowpack.pipeline import run_pipeline
+
     base_file = RunDir(out) / "base.yaml"
     base_file.write_text(yaml.safe_dump(sweep.base), encoding="utf-8")
     points = expand_grid(sweep.grid)

@@ -31,6 +31,11 @@ def lora_config(settings: LoraSettings, model) -> LoraConfig:
                       use_rslora=settings.use_rslora, task_type="CAUSAL_LM", bias="none")
 
 
-def add_lora(model, settings: LoraSettings):
-    """The model wrapped as a `PeftModel`; the base weights are frozen."""
+def add_lora(model, settings: LoraSettings, seed: int = 0):
+    """The model wrapped as a `PeftModel`; the base weights are frozen.
+
+    The adapter's random initialisation is drawn after ``torch.manual_seed(seed)``, so the same
+    seed gives the same adapter whatever ran before in the process (a resumed run included).
+    """
+    torch.manual_seed(seed)
     return get_peft_model(model, lora_config(settings, model))

@@ -1,0 +1,46 @@
+"""Model loading refuses what it must: pickled weights, remote code unless asked, models that cannot fit."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from knowpack import models
+from knowpack.errors import KnowpackError
+from knowpack.models import load_model
+
+
+def test_pickled_weights_are_refused(tiny_model_dir, tmp_path):
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    state = {"model.embed_tokens.weight": torch.zeros(4, 4)}  # a real pickled checkpoint file
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(KnowpackError, match="has no .safetensors weights; knowpack loads safetensors only"):
+        load_model(str(folder))
+
+
+def test_remote_code_is_off_unless_asked(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    seen = {}
+    original = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    load_model(str(tiny_model_dir))
+    assert seen["trust_remote_code"] is False and seen["use_safetensors"] is True
+
+
+def test_a_model_that_cannot_fit_is_refused_before_loading(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(models, "available_memory", lambda device: 1024)
+    with pytest.raises(KnowpackError, match=r"needs 0.0 GiB for its weights in torch.float32 but only 0.0 GiB is free"):
+        load_model(str(tiny_model_dir))
+    monkeypatch.setattr(models, "available_memory", lambda device: None)  # unknown: no refusal
+    load_model(str(tiny_model_dir))
