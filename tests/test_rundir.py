@@ -108,3 +108,33 @@ def test_cli_run_on_a_directory_in_use_exits_with_a_clear_line(tmp_path, run_cli
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "busy: in use by knowpack pid" in result.stderr
     assert sorted(p.name for p in run.path.iterdir()) == [".lock"]  # nothing written while it was busy
+
+
+def test_a_real_full_disk(tmp_path, run_cli):
+    """A 64 KiB tmpfs (needs root; skipped elsewhere): writing facts that do not fit is one clear error."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        result = run_cli("facts", "--source", "synthetic", "--count", "2000", "--out", str(mount / "facts.jsonl"))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "facts.jsonl: disk full while writing it; free some space" in result.stderr
+        assert list(mount.iterdir()) == []  # the temp file is gone, no partial facts.jsonl
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_second_sweep_worker_on_the_same_directory_is_refused(tmp_path):
+    import yaml
+
+    from knowpack.sweep import run_sweep
+
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({"preset": "smoke", "grid": {"mixture.n_unknown": [2]}}))
+    with RunDir(tmp_path / "sweep").lock():
+        with pytest.raises(KnowpackError, match="sweep: in use by knowpack pid"):
+            run_sweep(spec, tmp_path / "sweep", progress=False)
+    assert not (tmp_path / "sweep" / "runs").exists()
