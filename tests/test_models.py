@@ -44,3 +44,23 @@ def test_a_model_that_cannot_fit_is_refused_before_loading(tiny_model_dir, monke
         load_model(str(tiny_model_dir))
     monkeypatch.setattr(models, "available_memory", lambda device: None)  # unknown: no refusal
     load_model(str(tiny_model_dir))
+
+
+def test_adapters_load_from_safetensors_only(tiny_model, tmp_path):
+    from knowpack.config import LoraSettings
+    from knowpack.train import add_lora, load_adapter
+
+    adapter = tmp_path / "adapter"
+    add_lora(tiny_model, LoraSettings(rank=2, target_modules=["down_proj"]), seed=1).save_pretrained(adapter)
+
+    fresh = type(tiny_model)(tiny_model.config)
+    loaded = load_adapter(fresh, adapter)
+    assert any("lora_A" in name for name, _ in loaded.named_parameters())
+    weights = adapter / "adapter_model.safetensors"
+    torch.save({"x": torch.zeros(1)}, adapter / "adapter_model.bin")
+    weights.unlink()
+    with pytest.raises(KnowpackError, match=r"no adapter_model.safetensors \(found pickled adapter_model.bin\); "
+                                            "knowpack loads safetensors only"):
+        load_adapter(type(tiny_model)(tiny_model.config), adapter)
+    with pytest.raises(KnowpackError, match="not a PEFT adapter folder"):
+        load_adapter(tiny_model, tmp_path)

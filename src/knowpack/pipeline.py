@@ -125,10 +125,10 @@ class Recipe:
 
     def adapted_model(self):
         """The base model with the run's adapter (loaded from adapter/ when training was reused)."""
-        from peft import PeftModel
+        from knowpack.train.lora import load_adapter
 
         if not hasattr(self.model, "disable_adapter"):
-            self._model = PeftModel.from_pretrained(self.model, str(self.run / "adapter"))
+            self._model = load_adapter(self.model, self.run / "adapter")
             self._model.eval()
         return self._model
 

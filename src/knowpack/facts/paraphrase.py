@@ -39,7 +39,7 @@ SYSTEM_PROMPT = "You rephrase questions. You never answer them."
 INSTRUCTION = "Rephrase the question below differently, keeping its meaning. Reply with the question only."
 # Demonstration turns (question, rephrasing, its subject): small chat models otherwise tend to answer.
 EXAMPLES: tuple[tuple[str, str, str], ...] = (
-    ("How tall is Mount Everest?", "What is the height of Mount Everest?", "Mount Everest"),
+    ("Which river flows through Vienna?", "What river runs through the city of Vienna?", "Vienna"),
 )
 TOP_P = 0.95
 MIN_CHARS, MAX_CHARS = 8, 300
@@ -138,13 +138,13 @@ def check_candidate(candidate: str, fact: Fact, taken: set[str]) -> str | None:
       (the judge's own test), or the normalized alias as a whole-word run inside the normalized
       text. A paraphrase that gives the answer away would teach nothing.
     - ``no_subject``: the normalized subject must be a whole-word run inside the normalized text,
-      so the paraphrase is still about the same entity; a possessive "'s" is dropped first, so
-      "Ruritania's capital" names Ruritania ("Ruritanias" does not). Skipped when the fact's own question does
+      so the paraphrase is still about the same entity; it is also tried with possessive "'s"
+      dropped, so "Ruritania's capital" names Ruritania ("Ruritanias" does not). Skipped when the fact's own question does
       not contain its subject that way, or is its subject (QA data whose subject falls back to the
       question).
     - ``duplicate``: its normalized form must differ from everything in ``taken``.
     - ``copies_example``: it must not name the subject of a demonstration turn (`EXAMPLES`)
-      unless the fact's question does ("What is the height of Mount Everest in Nepal?").
+      unless the fact's question does ("Which river flows through Vienna, Austria's capital?").
     """
     if not candidate:
         return EMPTY
@@ -158,7 +158,7 @@ def check_candidate(candidate: str, fact: Fact, taken: set[str]) -> str | None:
     if any(alias.lower() in lowered or _whole_words(normalize_alias(alias), normalized) for alias in fact.aliases):
         return LEAKS_ANSWER
     subject, question = normalize_alias(fact.subject), normalize_alias(fact.question)
-    if (subject != question and _whole_words(subject, question)
+    if (subject != question and _whole_words(subject, question) and not _whole_words(subject, normalized)
             and not _whole_words(subject, normalize_alias(_POSSESSIVE.sub("", candidate)))):
         return NO_SUBJECT
     if normalized in taken:

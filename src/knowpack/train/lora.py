@@ -5,6 +5,8 @@ In:  a base causal LM and `LoraSettings`.  Out: a `PeftModel` with only the adap
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from peft import LoraConfig, get_peft_model
 
@@ -39,3 +41,22 @@ def add_lora(model, settings: LoraSettings, seed: int = 0):
     """
     torch.manual_seed(seed)
     return get_peft_model(model, lora_config(settings, model))
+
+
+def load_adapter(model, adapter_dir: str | Path):
+    """A PEFT adapter folder on ``model``, from ``adapter_model.safetensors`` only.
+
+    PEFT would fall back to a pickled ``adapter_model.bin``; an adapter from a stranger must not run
+    code on load, so such a folder is refused with a clear message.
+    """
+    from peft import PeftModel
+
+    folder = Path(adapter_dir)
+    if not (folder / "adapter_config.json").is_file():
+        raise KnowpackError(f"{folder}: not a PEFT adapter folder (no adapter_config.json)")
+    if not (folder / "adapter_model.safetensors").is_file():
+        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+        found = f" (found pickled {', '.join(pickled)})" if pickled else ""
+        raise KnowpackError(f"{folder}: no adapter_model.safetensors{found}; knowpack loads safetensors only "
+                            "(re-save the adapter with PEFT's save_pretrained, which writes safetensors)")
+    return PeftModel.from_pretrained(model, str(folder), use_safetensors=True)
