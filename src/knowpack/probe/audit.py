@@ -12,11 +12,11 @@ Out: `Fact`s to probe; the CLI (``knowpack probe --data FILE``) writes probe row
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from knowpack.errors import KnowpackError
+from knowpack.jsonio import read_json_lines
 from knowpack.facts.schema import Fact
 from knowpack.probe.judge import clean_answer
 
@@ -46,29 +46,25 @@ def read_qa_dataset(path: str | Path) -> list[Fact]:
     if not path.is_file():
         raise KnowpackError(f"{path}: no such file; give a JSONL file of question/answer pairs")
     facts: list[Fact] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise KnowpackError(f"{path}:{number}: not valid JSON ({err.msg})") from err
-            pair = _pair(record) if isinstance(record, dict) else None
-            if pair is None:
-                raise KnowpackError(f"{path}:{number}: no question/answer pair; use question+answer, prompt+completion, "
-                                    "instruction+output or chat messages")
-            question, raw_answer = (text.strip() for text in pair)
-            answer = clean_answer(raw_answer) or raw_answer
-            if not question or not answer:
-                raise KnowpackError(f"{path}:{number}: empty question or answer")
-            # "The yen" should accept "Yen": add the answer without its leading article.
-            bare = re.sub(r"^(?:the|a|an)\s+", "", answer, flags=re.IGNORECASE)
-            extra = record.get("aliases", [])
-            aliases = [answer, bare, *(a.strip() for a in extra if isinstance(a, str) and a.strip())]
-            facts.append(Fact(fact_id=f"line-{number}", subject="", relation="qa", object=answer, question=question,
-                              answer=answer, aliases=list(dict.fromkeys(aliases)), bucket=None,
-                              source=f"audit:{path.name}"))
+    for number, record in read_json_lines(path):
+        pair = _pair(record) if isinstance(record, dict) else None
+        if pair is None:
+            raise KnowpackError(f"{path}:{number}: no question/answer pair; use question+answer, prompt+completion, "
+                                "instruction+output or chat messages")
+        question, raw_answer = (text.strip() for text in pair)
+        answer = clean_answer(raw_answer) or raw_answer
+        if not question or not answer:
+            raise KnowpackError(f"{path}:{number}: empty question or answer")
+        # "The yen" should accept "Yen": add the answer without its leading article.
+        bare = re.sub(r"^(?:the|a|an)\s+", "", answer, flags=re.IGNORECASE)
+        extra = record.get("aliases", [])
+        extra = [extra] if isinstance(extra, str) else extra  # one alias given as text, not a list
+        if not isinstance(extra, list):
+            raise KnowpackError(f"{path}:{number}: aliases must be a list of strings")
+        aliases = [answer, bare, *(a.strip() for a in extra if isinstance(a, str) and a.strip())]
+        facts.append(Fact(fact_id=f"line-{number}", subject="", relation="qa", object=answer, question=question,
+                          answer=answer, aliases=list(dict.fromkeys(aliases)), bucket=None,
+                          source=f"audit:{path.name}"))
     if not facts:
         raise KnowpackError(f"{path}: no question/answer pairs in the file")
     return facts

@@ -1,0 +1,55 @@
+"""Reading JSON and JSON Lines from users' files, where anything can be wrong.
+
+In:  a path.  Out: parsed records, or a `KnowpackError` naming the file and line — never a
+`UnicodeDecodeError`, `RecursionError` (deep nesting), `ValueError` (a 5,000-digit integer) or a
+lone UTF-16 surrogate (``"\\ud800"``) that would only fail later, when the facts are written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def _loads(text: str, where: str) -> Any:
+    from knowpack.errors import KnowpackError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise KnowpackError(f"{where}: not valid JSON ({err.msg})") from err
+    except (ValueError, RecursionError) as err:  # huge integers, absurd nesting
+        raise KnowpackError(f"{where}: not usable JSON ({type(err).__name__}: {str(err)[:80]})") from err
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise KnowpackError(f"{where}: text holds an invalid \\u escape (a lone surrogate)") from err
+    except RecursionError as err:
+        raise KnowpackError(f"{where}: nested too deeply") from err
+    return value
+
+
+def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` for each non-blank line of a UTF-8 JSON Lines file."""
+    from knowpack.errors import KnowpackError
+
+    number = 0
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield number, _loads(line, f"{path}:{number}")
+    except UnicodeDecodeError as err:
+        raise KnowpackError(f"{path}:{number + 1}: not UTF-8 text ({err.reason})") from err
+
+
+def read_json_file(path: Path) -> Any:
+    """One UTF-8 JSON document."""
+    from knowpack.errors import KnowpackError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise KnowpackError(f"{path}: not UTF-8 text ({err.reason})") from err
+    return _loads(text, str(path))
