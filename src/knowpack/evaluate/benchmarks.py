@@ -362,8 +362,8 @@ def _truthfulqa_from_file(path: Path) -> list[dict]:
         # The official file maps each choice to its label: {"choice text": 1 or 0, ...}.
         if not (isinstance(row, dict) and isinstance(row.get("question"), str) and row["question"].strip()
                 and all(_valid_targets(row.get(key)) for key in ("mc1_targets", "mc2_targets"))):
-            raise KnowpackError(f"truthfulqa: {path}: item {index} is not a question with mc1_targets and "
-                                "mc2_targets, each mapping choices to 0/1 labels with at least one 1")
+            raise KnowpackError(f"truthfulqa: {path}: item {index} is not in the official mc_task.json format "
+                                "(question, mc1_targets and mc2_targets mapping choices to 0/1 labels, one 1 at least)")
         docs.append({"question": row["question"],
                      "mc1": {"choices": list(row["mc1_targets"]), "labels": list(row["mc1_targets"].values())},
                      "mc2": {"choices": list(row["mc2_targets"]), "labels": list(row["mc2_targets"].values())}})
