@@ -357,14 +357,18 @@ def check_facts(got: Any) -> None:
         facts_to_jsonl(got).encode("utf-8")
 
 
+
+def check_facts_or_error_naming(path, got) -> None:
+    """Valid facts, or a KnowpackError that names the file."""
+    check_facts(got)
+    if isinstance(got, KnowpackError):
+        assert str(path) in str(got)
+
 @FUZZ
 @given(lines=st.lists(JSON_VALUES.map(json.dumps) | LINE_TEXT, max_size=5))
 def test_read_facts_random_lines(workdir, lines):
     path = write(workdir, "facts.jsonl", "\n".join(lines) + "\n")
-    got = outcome(lambda: read_facts(path), workdir)
-    check_facts(got)
-    if isinstance(got, KnowpackError):
-        assert str(path) in str(got)
+    check_facts_or_error_naming(path, outcome(lambda: read_facts(path), workdir))
 
 
 @FUZZ
@@ -599,10 +603,7 @@ QA_RECORD = st.one_of(
 def test_qa_dataset_hostile_records(workdir, records, blank):
     lines = [json.dumps(r) for r in records] + ([""] if blank else [])
     path = write(workdir, "qa.jsonl", "\n".join(lines) + "\n")
-    got = outcome(lambda: read_qa_dataset(path), workdir)
-    check_facts(got)
-    if isinstance(got, KnowpackError):
-        assert str(path) in str(got)
+    check_facts_or_error_naming(path, outcome(lambda: read_qa_dataset(path), workdir))
 
 
 @FUZZ

@@ -79,21 +79,22 @@ def test_bad_rows_are_skipped_with_a_count_or_stop_with_strict(tmp_path):
         table_facts(path, "csv", strict=True)
 
 
-def test_bad_files(tmp_path):
-    odd = _write(tmp_path, "jsonl", [{"name": "x", "value": 1}])
-    with pytest.raises(KnowpackError, match="neither triples .* nor QA pairs"):
-        table_facts(odd, "jsonl")
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"subject": "A", "relation": "r", "object": "B"}\n{"subject": \n')
-    with pytest.raises(KnowpackError, match="broken.jsonl:2: not valid JSON"):
-        table_facts(broken, "jsonl")
-    empty = tmp_path / "empty.csv"
-    empty.write_text("")
-    with pytest.raises(KnowpackError, match="empty.csv"):
-        table_facts(empty, "csv")
-    not_parquet = tmp_path / "x.parquet"
-    not_parquet.write_text("hello")
-    with pytest.raises(KnowpackError, match="x.parquet: not a readable Parquet file"):
-        table_facts(not_parquet, "parquet")
+BAD_FILES = [  # (file name, content, the error it must give)
+    ("odd.jsonl", '{"name": "x", "value": 1}\n', "neither triples .* nor QA pairs"),
+    ("broken.jsonl", '{"subject": "A", "relation": "r", "object": "B"}\n{"subject": \n', "broken.jsonl:2: not valid JSON"),
+    ("empty.csv", "", "empty.csv"),
+    ("x.parquet", "hello", "x.parquet: not a readable Parquet file"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_FILES)
+def test_bad_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(KnowpackError, match=message):
+        table_facts(path, path.suffix.lstrip("."))  # type: ignore[arg-type]
+
+
+def test_unknown_relation(tmp_path):
     with pytest.raises(KnowpackError, match="unknown relation 'capitol'; did you mean 'capital'"):
         table_facts(_write(tmp_path, "jsonl", TRIPLES), "jsonl", relations=["capitol"])
