@@ -7,6 +7,7 @@ A user error prints one line and exits with code 2; no traceback.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,7 +19,7 @@ from knowpack.config import RunConfig, load_config
 from knowpack.errors import KnowpackError
 from knowpack.rundir import fingerprint
 
-_default_showwarning = __import__("warnings").showwarning
+_default_showwarning = warnings.showwarning  # kept for warnings that are not knowpack's
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="How many new facts can a LoRA adapter hold, and what does packing them in cost?")
 console = Console(stderr=True)
@@ -245,8 +246,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main() -> None:
-    import warnings
-
     warnings.showwarning = _show_warning
     try:
         app(standalone_mode=False)
