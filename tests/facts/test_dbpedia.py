@@ -153,3 +153,23 @@ def test_cli_dbpedia_dump_and_stats(tmp_path, run_cli):
     strict = run_cli("facts", "--source", "dbpedia-dump", str(DUMP), "--strict", "--out", str(tmp_path / "s.jsonl"))
     assert strict.returncode == 2 and ":23: not a triple" in strict.stderr and "Traceback" not in strict.stderr
     assert not (tmp_path / "s.jsonl").exists()  # nothing half-written
+
+
+def test_a_sample_builds_only_the_sampled_facts_and_equals_sampling_everything(monkeypatch):
+    from knowpack.config import FactsConfig
+    from knowpack.facts import build_facts, select_facts
+    from knowpack.facts import triples
+
+    settings = FactsConfig(source="dbpedia-dump", path=str(DUMP), name_files=[str(p) for p in NAMES],
+                           max_facts=5, per_bucket=1, seed=3)
+    with pytest.warns(KnowpackWarning):
+        everything = dbpedia_facts([DUMP], name_files=NAMES)
+    expected = select_facts(everything, 5, 3, per_bucket=1)
+    built = []
+    real_fact = triples._fact
+    monkeypatch.setattr(triples, "_fact", lambda *a, **k: built.append(a[0]) or real_fact(*a, **k))
+    with pytest.warns(KnowpackWarning):
+        sample = build_facts(settings)
+    assert sorted(f.fact_id for f in sample) == sorted(f.fact_id for f in expected)
+    assert sorted(f.model_dump_json() for f in sample) == sorted(f.model_dump_json() for f in expected)
+    assert len(built) == 5  # only the sampled facts were built

@@ -10,6 +10,7 @@ Out: a list of `Fact`s, written as ``facts.jsonl`` (fields in DESIGN.md); `facts
 from __future__ import annotations
 
 from collections import Counter
+from typing import Callable
 from pathlib import Path
 
 from knowpack.config import FactsConfig
@@ -22,8 +23,12 @@ __all__ = ["Fact", "build_facts", "facts_stats", "facts_to_jsonl", "make_fact_id
 FILE_SOURCES = ("dbpedia-dump", "jsonl", "csv", "parquet")
 
 
-def load_source(config: FactsConfig, progress: bool = False) -> list[Fact]:
-    """Every fact the configured source gives, before sampling."""
+def load_source(config: FactsConfig, progress: bool = False, keep: Callable | None = None) -> list[Fact]:
+    """Every fact the configured source gives, before sampling.
+
+    File sources of triples accept ``keep`` (see `TripleCollector.build`) and then build only the
+    facts it picks, so sampling from a large dump never holds every `Fact` in memory.
+    """
     if config.source in FILE_SOURCES and not config.path:
         raise KnowpackError(f"facts.path: source {config.source} needs an input file, "
                             f"e.g. knowpack facts --source {config.source} FILE")
@@ -44,7 +49,7 @@ def load_source(config: FactsConfig, progress: bool = False) -> list[Fact]:
         from knowpack.facts.dbpedia import dbpedia_facts
 
         return dbpedia_facts([config.path], name_files=config.name_files, relations=relations,  # type: ignore[list-item]
-                             lang=config.lang, strict=config.strict, progress=progress)
+                             lang=config.lang, strict=config.strict, progress=progress, keep=keep)
     if config.source == "sparql":
         from knowpack.facts.sparql import sparql_facts
 
@@ -53,14 +58,18 @@ def load_source(config: FactsConfig, progress: bool = False) -> list[Fact]:
                             page_size=s.page_size, timeout=s.timeout, retries=s.retries, progress=progress)
     from knowpack.facts.tables import table_facts
 
-    return table_facts(config.path, config.source, relations=relations, strict=config.strict)  # type: ignore[arg-type]
+    return table_facts(config.path, config.source, relations=relations, strict=config.strict,  # type: ignore[arg-type]
+                       keep=keep)
 
 
 def build_facts(config: FactsConfig, progress: bool = False) -> list[Fact]:
     """The facts a run probes: a seeded sample of the source, balanced over relations and buckets,
     with LLM paraphrases added when ``llm_paraphrases`` > 0."""
-    facts = select_facts(load_source(config, progress), config.max_facts, config.seed,
-                         per_relation=config.per_relation, per_bucket=config.per_bucket)
+    def sample(facts):
+        return select_facts(facts, config.max_facts, config.seed, per_relation=config.per_relation,
+                            per_bucket=config.per_bucket)
+
+    facts = sample(load_source(config, progress, keep=lambda refs: [ref.fact_id for ref in sample(refs)]))
     if not facts:
         raise KnowpackError(f"facts: the {config.source} source gave no facts")
     if config.llm_paraphrases:

@@ -27,14 +27,14 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 from urllib.parse import unquote
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from knowpack.errors import KnowpackError, warn
 from knowpack.facts.schema import Fact
-from knowpack.facts.triples import TripleCollector
+from knowpack.facts.triples import FactRef, TripleCollector
 
 DBPEDIA_RESOURCE = "http://dbpedia.org/resource/"
 RDFS_LABEL = "http://www.w3.org/2000/01/rdf-schema#label"
@@ -74,8 +74,11 @@ class ParseReport:
 
 def dbpedia_facts(paths: Sequence[str | Path], *, name_files: Sequence[str | Path] = (),
                   relations: Iterable[str] | None = None, lang: str = "en", strict: bool = False,
-                  progress: bool = False) -> list[Fact]:
-    """Facts from DBpedia dump files; ``relations`` are predicate local names such as ``capital``."""
+                  progress: bool = False, keep: Callable[[list[FactRef]], Iterable[str]] | None = None) -> list[Fact]:
+    """Facts from DBpedia dump files; ``relations`` are predicate local names such as ``capital``.
+
+    ``keep`` (see `TripleCollector.build`) picks the facts to build, e.g. a balanced sample.
+    """
     if not paths:
         raise KnowpackError("dbpedia-dump source needs a dump file, e.g. "
                             "knowpack facts --source dbpedia-dump mappingbased-objects_lang=en.ttl.bz2")
@@ -111,7 +114,7 @@ def dbpedia_facts(paths: Sequence[str | Path], *, name_files: Sequence[str | Pat
         warn(f"skipped {report.malformed:,} malformed line(s) of {report.lines:,}; first: {report.examples[0]}"
              " (pass --strict to stop at the first one)")
     facts = collector.build(source="dbpedia", name=names.question_name, answer_name=names.answer_name,
-                            aliases=names.aliases_for(needed))
+                            aliases=names.aliases_for(needed), keep=keep)
     if not facts:
         raise KnowpackError(f"{where}: no usable facts (read {report.triples:,} triples; every (subject, relation) "
                             "pair had several objects, no object, or gave its answer away)")

@@ -9,16 +9,29 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from typing import Iterable
+from typing import Iterable, Protocol, TypeVar
 
 from knowpack.errors import KnowpackError
-from knowpack.facts.schema import Fact
 
 BUCKET_ORDER: tuple[str | None, ...] = ("head", "torso", "tail", None)
 
 
-def select_facts(facts: Iterable[Fact], max_facts: int | None, seed: int,
-                 per_relation: int | None = None, per_bucket: int | None = None) -> list[Fact]:
+class Sampleable(Protocol):
+    """What sampling reads: a `Fact`, or a `FactRef` before the fact is built."""
+
+    @property
+    def fact_id(self) -> str: ...
+    @property
+    def relation(self) -> str: ...
+    @property
+    def bucket(self) -> str | None: ...
+
+
+T = TypeVar("T", bound=Sampleable)
+
+
+def select_facts(facts: Iterable[T], max_facts: int | None, seed: int,
+                 per_relation: int | None = None, per_bucket: int | None = None) -> list[T]:
     """A seeded sample balanced across relations and buckets.
 
     Facts are grouped by (relation, bucket); each group and the order of the groups are shuffled
@@ -34,7 +47,7 @@ def select_facts(facts: Iterable[Fact], max_facts: int | None, seed: int,
         if cap is not None and cap < 1:
             raise KnowpackError(f"{name} must be >= 1 or None, got {cap}")
     rng = random.Random(seed)
-    groups: dict[tuple[str, str | None], list[Fact]] = defaultdict(list)
+    groups: dict[tuple[str, str | None], list[T]] = defaultdict(list)
     for fact in facts:
         groups[(fact.relation, fact.bucket)].append(fact)
     # Sorted before shuffling so the sample does not depend on the order the facts came in.
@@ -49,9 +62,9 @@ def select_facts(facts: Iterable[Fact], max_facts: int | None, seed: int,
     return _round_robin([groups[key] for key in keys], limit, per_relation)
 
 
-def _round_robin(groups: list[list[Fact]], limit: int, per_relation: int | None) -> list[Fact]:
+def _round_robin(groups: list[list[T]], limit: int, per_relation: int | None) -> list[T]:
     """One fact from each group per round, skipping exhausted groups and relations at their cap."""
-    taken: list[Fact] = []
+    taken: list[T] = []
     per_relation_count: Counter[str] = Counter()
     for position in range(max((len(g) for g in groups), default=0)):
         for group in groups:

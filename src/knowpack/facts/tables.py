@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -24,7 +24,7 @@ from knowpack.errors import KnowpackError, warn
 from knowpack.facts.dbpedia import MAX_EXAMPLES, ParseReport
 from knowpack.facts.popularity import assign_buckets, clean_aliases
 from knowpack.facts.schema import Bucket, Fact, make_fact_id
-from knowpack.facts.triples import TripleCollector
+from knowpack.facts.triples import FactRef, TripleCollector
 from knowpack.jsonio import read_json_lines
 
 TableKind = Literal["jsonl", "csv", "parquet"]
@@ -89,8 +89,11 @@ class QARow(_Popularity):
 
 
 def table_facts(path: str | Path, kind: TableKind, *, relations: Iterable[str] | None = None,
-                strict: bool = False) -> list[Fact]:
-    """Facts from a JSONL/CSV/Parquet file of triples or QA pairs (see the module docstring)."""
+                strict: bool = False, keep: Callable[[list[FactRef]], Iterable[str]] | None = None) -> list[Fact]:
+    """Facts from a JSONL/CSV/Parquet file of triples or QA pairs (see the module docstring).
+
+    ``keep`` (see `TripleCollector.build`) picks which triple facts to build.
+    """
     path = Path(path)
     if not path.is_file():
         raise KnowpackError(f"{path}: no such file")
@@ -111,7 +114,7 @@ def table_facts(path: str | Path, kind: TableKind, *, relations: Iterable[str] |
     parsed = _validated(path, row_model, _chain(first, rows), strict, report)
     wanted = set(relations) if relations else None
     if row_model is TripleRow:
-        facts = _facts_from_triples(path, parsed, wanted)  # type: ignore[arg-type]
+        facts = _facts_from_triples(path, parsed, wanted, keep)  # type: ignore[arg-type]
     else:
         facts = _facts_from_qa(path, parsed, wanted)  # type: ignore[arg-type]
     if report.malformed:
@@ -144,7 +147,8 @@ def _validated(path: Path, model: type[_Row], rows: Iterator[tuple[int, dict]], 
                 report.examples.append(message)
 
 
-def _facts_from_triples(path: Path, rows: Iterator[TripleRow], wanted: set[str] | None) -> list[Fact]:
+def _facts_from_triples(path: Path, rows: Iterator[TripleRow], wanted: set[str] | None,
+                        keep: Callable[[list[FactRef]], Iterable[str]] | None) -> list[Fact]:
     collector = TripleCollector(wanted)
     aliases: dict[str, list[str]] = {}
     popularity: dict[str, float] = {}
@@ -155,7 +159,7 @@ def _facts_from_triples(path: Path, rows: Iterator[TripleRow], wanted: set[str] 
         if row.popularity is not None:
             popularity[row.subject] = row.popularity
     collector.check_relations(str(path))
-    return collector.build(source=path.name, aliases=aliases, popularity=popularity or None)
+    return collector.build(source=path.name, aliases=aliases, popularity=popularity or None, keep=keep)
 
 
 def _facts_from_qa(path: Path, rows: Iterator[QARow], wanted: set[str] | None) -> list[Fact]:

@@ -26,8 +26,7 @@ from __future__ import annotations
 import difflib
 import sys
 from collections import Counter, defaultdict
-from dataclasses import dataclass
-from typing import Callable, Collection, Iterable, Mapping
+from typing import Callable, Collection, Iterable, Mapping, NamedTuple
 
 from knowpack.errors import KnowpackError
 from knowpack.facts.popularity import assign_buckets, clean_aliases, normalize_alias
@@ -36,13 +35,6 @@ from knowpack.facts.templates import leaks_answer, paraphrases, question_texts, 
 
 MAX_ALIASES = 5
 _SEVERAL = object()  # marks a (subject, relation) pair seen with two different objects
-
-
-@dataclass(frozen=True)
-class Triple:
-    subject: str
-    relation: str
-    object: str
 
 
 class TripleCollector:
@@ -99,51 +91,76 @@ class TripleCollector:
     def build(self, *, source: str, name: Callable[[str], str] | None = None,
               answer_name: Callable[[str], str] | None = None,
               aliases: Mapping[str, Iterable[str]] | None = None,
-              popularity: Mapping[str, float] | None = None) -> list[Fact]:
+              popularity: Mapping[str, float] | None = None,
+              keep: Callable[[list[FactRef]], Iterable[str]] | None = None) -> list[Fact]:
         """The facts, ordered by relation then subject name.
 
         ``name(entity)`` is how the entity reads in a question (default: the key itself);
         ``answer_name(entity)`` how it reads as an answer (default: ``name``); ``aliases[entity]``
-        its alternative names; ``popularity[entity]`` overrides the mention count.
+        its alternative names; ``popularity[entity]`` overrides the mention count. ``keep`` gets
+        a light `FactRef` (id, relation, bucket) for every fact and returns the ids to build:
+        sampling a few hundred facts from a dump then never holds millions of `Fact` objects.
         """
         name = name or (lambda entity: entity)
         answer_name = answer_name or name
-        aliases = aliases or {}
-        facts: list[Fact] = []
+        refs: list[FactRef] = []
+        drafts: list[tuple[str, str, str, str]] = []  # (subject, phrase, object, answer), parallel to refs
         for relation in sorted(self._objects):
-            drafts: dict[str, tuple[float, str, str]] = {}  # subject name -> (popularity, subject, object)
-            clashes: set[str] = set()
-            for subject, obj in self._objects[relation].items():
-                if obj is _SEVERAL:
-                    continue
-                phrase = name(subject)
-                score = popularity.get(subject, 0.0) if popularity is not None else float(self.mentions[subject])
-                if phrase in drafts and answer_name(drafts[phrase][2]) != answer_name(obj):  # type: ignore[arg-type]
-                    clashes.add(phrase)
-                if phrase not in drafts or score > drafts[phrase][0]:
-                    drafts[phrase] = (score, subject, obj)  # type: ignore[assignment]
-            kept: list[tuple[str, str, str, str, float, list[str], list[str]]] = []
-            for phrase in sorted(drafts, key=lambda p: (p.casefold(), p)):
-                score, subject, obj = drafts[phrase]
-                if phrase in clashes or not phrase.strip():
-                    continue
-                answer = answer_name(obj).strip()
-                if not answer:
-                    continue
-                question = render_question(relation, phrase)
-                others = paraphrases(relation, phrase)
-                texts = question_texts(relation, phrase, (question, *others))
-                if leaks_answer(answer, texts):
-                    continue
-                # An alias containing the answer accepts nothing new; one in the question gives it away.
-                candidates = [a for a in aliases.get(obj, ()) if normalize_alias(a) and a != answer
-                              and answer.lower() not in a.lower() and not leaks_answer(a, texts)]
-                kept.append((subject, phrase, obj, answer, score, [question, *others],
-                             clean_aliases(answer, candidates, limit=MAX_ALIASES)))
-            buckets = assign_buckets({phrase: score for _, phrase, _, _, score, _, _ in kept})
-            for subject, phrase, obj, answer, _, questions, alias_list in kept:
-                facts.append(Fact(fact_id=make_fact_id(subject, relation, obj), subject=phrase,
-                                  relation=relation, object=answer, question=questions[0], answer=answer,
-                                  aliases=alias_list, bucket=buckets[phrase], source=source,
-                                  paraphrases=questions[1:]))
-        return facts
+            kept = self._single_answers(relation, name, answer_name, popularity)
+            buckets = assign_buckets({phrase: score for _, phrase, _, _, score in kept})
+            for subject, phrase, obj, answer, _ in kept:
+                refs.append(FactRef(make_fact_id(subject, relation, obj), relation, buckets[phrase]))
+                drafts.append((subject, phrase, obj, answer))
+        chosen = set(keep(refs)) if keep is not None else None
+        return [_fact(ref, *draft, source=source, aliases=(aliases or {}).get(draft[2], ()))
+                for ref, draft in zip(refs, drafts) if chosen is None or ref.fact_id in chosen]
+
+    def _single_answers(self, relation: str, name: Callable[[str], str], answer_name: Callable[[str], str],
+                        popularity: Mapping[str, float] | None) -> list[tuple[str, str, str, str, float]]:
+        """(subject, phrase, object, answer, popularity) of the relation's usable pairs, by phrase."""
+        drafts: dict[str, tuple[float, str, str]] = {}  # subject name -> (popularity, subject, object)
+        clashes: set[str] = set()
+        for subject, obj in self._objects[relation].items():
+            if obj is _SEVERAL:
+                continue
+            phrase = name(subject)
+            score = popularity.get(subject, 0.0) if popularity is not None else float(self.mentions[subject])
+            if phrase in drafts and answer_name(drafts[phrase][2]) != answer_name(obj):  # type: ignore[arg-type]
+                clashes.add(phrase)
+            if phrase not in drafts or score > drafts[phrase][0]:
+                drafts[phrase] = (score, subject, obj)  # type: ignore[assignment]
+        kept = []
+        for phrase in sorted(drafts, key=lambda p: (p.casefold(), p)):
+            score, subject, obj = drafts[phrase]
+            answer = answer_name(obj).strip()
+            if phrase in clashes or not phrase.strip() or not answer:
+                continue
+            questions = _questions(relation, phrase)
+            if leaks_answer(answer, question_texts(relation, phrase, questions)):
+                continue
+            kept.append((subject, phrase, obj, answer, score))
+        return kept
+
+
+class FactRef(NamedTuple):
+    """What sampling needs to know about a fact before it is built."""
+
+    fact_id: str
+    relation: str
+    bucket: str
+
+
+def _questions(relation: str, phrase: str) -> list[str]:
+    return [render_question(relation, phrase), *paraphrases(relation, phrase)]
+
+
+def _fact(ref: FactRef, subject: str, phrase: str, obj: str, answer: str, *, source: str,
+          aliases: Iterable[str]) -> Fact:
+    questions = _questions(ref.relation, phrase)
+    texts = question_texts(ref.relation, phrase, questions)
+    # An alias containing the answer accepts nothing new; one in the question gives it away.
+    candidates = [a for a in aliases if normalize_alias(a) and a != answer
+                  and answer.lower() not in a.lower() and not leaks_answer(a, texts)]
+    return Fact(fact_id=ref.fact_id, subject=phrase, relation=ref.relation, object=answer, question=questions[0],
+                answer=answer, aliases=clean_aliases(answer, candidates, limit=MAX_ALIASES), bucket=ref.bucket,
+                source=source, paraphrases=questions[1:])  # type: ignore[arg-type]
