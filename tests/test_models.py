@@ -64,3 +64,19 @@ def test_adapters_load_from_safetensors_only(tiny_model, tmp_path):
         load_adapter(type(tiny_model)(tiny_model.config), adapter)
     with pytest.raises(KnowpackError, match="not a PEFT adapter folder"):
         load_adapter(tiny_model, tmp_path)
+
+
+def test_an_adapter_for_another_base_model_is_refused(tiny_model, smollm2_tokenizer, tmp_path):
+    from conftest import make_tiny_llama
+
+    from knowpack.config import LoraSettings
+    from knowpack.train import add_lora, load_adapter
+
+    adapter = tmp_path / "adapter"
+    add_lora(tiny_model, LoraSettings(rank=2, target_modules=["down_proj"]), seed=1).save_pretrained(adapter)
+    deeper = make_tiny_llama(smollm2_tokenizer, layers=1)  # layer 1 is missing
+    with pytest.raises(KnowpackError, match=r"adapter for another base model \(model.layers.1.mlp.down_proj does not"):
+        load_adapter(deeper, adapter)
+    wider = type(tiny_model)(tiny_model.config.__class__(**{**tiny_model.config.to_dict(), "intermediate_size": 96}))
+    with pytest.raises(KnowpackError, match=r"down_proj has size 96, the adapter expects 128"):
+        load_adapter(wider, adapter)

@@ -59,4 +59,29 @@ def load_adapter(model, adapter_dir: str | Path):
         found = f" (found pickled {', '.join(pickled)})" if pickled else ""
         raise KnowpackError(f"{folder}: no adapter_model.safetensors{found}; knowpack loads safetensors only "
                             "(re-save the adapter with PEFT's save_pretrained, which writes safetensors)")
+    check_adapter_fits(model, folder)
     return PeftModel.from_pretrained(model, str(folder), use_safetensors=True)
+
+
+def check_adapter_fits(model, folder: Path) -> None:
+    """Refuse an adapter trained on another base model: every LoRA matrix must name a module of
+    ``model`` with matching input/output sizes (read from the safetensors header, no weights loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(folder / "adapter_model.safetensors", framework="pt") as weights:
+        shapes = {key: weights.get_slice(key).get_shape() for key in weights.keys()}
+    for key, shape in shapes.items():
+        for part, size_of in ((".lora_A.", lambda m: m.in_features), (".lora_B.", lambda m: m.out_features)):
+            if part not in key:
+                continue
+            path = key.split(part)[0].removeprefix("base_model.model.")
+            try:
+                module = model.get_submodule(path)
+            except AttributeError:
+                raise KnowpackError(f"{folder}: adapter for another base model ({path} does not exist in "
+                                    f"{type(model).__name__}); load it on the model it was trained on") from None
+            expected = size_of(module) if hasattr(module, "in_features") else None
+            got = shape[1] if part == ".lora_A." else shape[0]
+            if expected is not None and got != expected:
+                raise KnowpackError(f"{folder}: adapter for another base model ({path} has size {expected}, the "
+                                    f"adapter expects {got}); load it on the model it was trained on")
