@@ -110,7 +110,7 @@ class TrainConfig(_Strict):
 
 class EvalConfig(_Strict):
     heldout_facts: int | None = Field(None, ge=0, description="held-out facts re-probed for shifts; None = all")
-    benchmarks: list[Literal["mmlu", "truthfulqa"]] = Field(default_factory=lambda: ["mmlu"])
+    benchmarks: list[Literal["mmlu", "truthfulqa", "arc_easy", "arc_challenge"]] = Field(default_factory=lambda: ["mmlu"])
     benchmark_questions: int | None = Field(100, ge=1, description="questions per benchmark; None = all")
     mmlu_shots: int = Field(5, ge=0)
     truthfulqa_path: str | None = Field(None, description="mc_task.json; default: $KNOWPACK_TRUTHFULQA or shared/data")

@@ -173,3 +173,23 @@ def test_run_benchmarks_on_tiny_model(tiny_model, smollm2_tokenizer):
                              shots=1, batch_size=8, progress=False)
     assert set(results) == {"mmlu", "truthfulqa_mc1", "truthfulqa_mc2"}
     assert all(0.0 <= value <= 1.0 for value in results.values())
+
+
+def test_arc_prompt_targets_and_scores(tiny_model, smollm2_tokenizer):
+    from knowpack.evaluate.benchmarks import accuracy, arc_target, arc_text, load_arc, loglikelihood
+
+    doc = {"question": "Which gas do plants take in?", "answerKey": "2",
+           "choices": {"text": ["oxygen", "carbon dioxide", "helium"], "label": ["1", "2", "3"]}}
+    assert arc_text(doc) == "Question: Which gas do plants take in?\nAnswer:"
+    assert arc_target(doc) == [1]  # numeric labels too
+    easy = load_arc("ARC-Easy", 4, seed=1)
+    assert len(easy) == 4 and easy == load_arc("ARC-Easy", 4, seed=1)
+    assert len(load_arc("ARC-Challenge")) == 299  # the shipped validation split
+    results = run_benchmarks(tiny_model, smollm2_tokenizer, ["arc_easy"], n_questions=4, seed=1, progress=False)
+    # the same score computed by hand: full-sequence log-likelihood of " " + each option, argmax vs the key
+    by_hand = []
+    for item in easy:
+        requests = [(arc_text(item), " " + option) for option in item["choices"]["text"]]
+        logliks = loglikelihood(tiny_model, smollm2_tokenizer, requests, reuse_prefix=False, progress=False)
+        by_hand.append(accuracy(logliks, arc_target(item)))
+    assert results == {"arc_easy": sum(by_hand) / len(by_hand)}

