@@ -140,7 +140,7 @@ def test_subsets_are_deterministic():
 
 
 def test_unknown_benchmark_lists_valid_names(tiny_model, smollm2_tokenizer):
-    with pytest.raises(KnowpackError, match="mmlu, truthfulqa"):
+    with pytest.raises(KnowpackError, match="mmlu, truthfulqa, arc_easy, arc_challenge"):
         run_benchmarks(tiny_model, smollm2_tokenizer, ["mmlu", "hellaswag"], n_questions=1)
 
 

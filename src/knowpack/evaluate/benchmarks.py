@@ -504,9 +504,6 @@ BENCHMARKS: dict[str, Benchmark] = {
         (Task("mmlu", mmlu_text, lambda doc: MMLU_LETTERS[:len(doc["choices"])],
               lambda doc: [doc["answer"]], accuracy),),
     ),
-    **{name: Benchmark(name, lambda o, subset=subset: load_arc(subset, o.n_questions, seed=o.seed),
-                       (Task(name, arc_text, lambda doc: doc["choices"]["text"], arc_target, accuracy),))
-       for name, subset in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge"))},
     # TruthfulQA's few-shot block is fixed (lm-eval's 6 QA pairs); `shots` applies to MMLU only.
     "truthfulqa": Benchmark(
         "truthfulqa",
@@ -516,6 +513,9 @@ BENCHMARKS: dict[str, Benchmark] = {
          Task("truthfulqa_mc2", truthfulqa_text, lambda doc: doc["mc2"]["choices"],
               lambda doc: _true_options(doc["mc2"]), true_mass)),
     ),
+    **{name: Benchmark(name, lambda o, subset=subset: load_arc(subset, o.n_questions, seed=o.seed),
+                       (Task(name, arc_text, lambda doc: doc["choices"]["text"], arc_target, accuracy),))
+       for name, subset in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge"))},
 }
 
 
