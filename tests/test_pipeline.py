@@ -18,7 +18,7 @@ ARTIFACTS = ["config.yaml", "facts.jsonl", "probe_before.parquet", "categories_b
 def tiny_overrides(model_dir):
     return [f"model.name={model_dir}", "facts.max_facts=16", "probe.num_prompts=2", "probe.shots=1",
             "probe.max_new_tokens=4", "mixture.n_unknown=3", "train.epochs=2", "train.batch_size=2",
-            "eval.benchmark_questions=2", "eval.mmlu_shots=1"]
+            "eval.benchmark_questions=2", "eval.mmlu_shots=1", "eval.forgetting_passages=4"]
 
 
 def test_run_writes_every_artifact_and_reuses_stages(tiny_model_dir, tmp_path):
@@ -31,6 +31,7 @@ def test_run_writes_every_artifact_and_reuses_stages(tiny_model_dir, tmp_path):
     assert metrics["n_trained_facts"] == 3 and metrics["n_heldout_facts"] == 13
     assert len(metrics["reliability_by_epoch"]) == 2
     assert set(metrics["benchmarks"]) == set(metrics["benchmarks_base"]) == {"mmlu"}
+    assert {"ce_vs_base", "kl_to_base", "perplexity_base", "perplexity_after"} <= set(metrics["forgetting"])
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["mixture"]["n_unknown"] == 3
     first_output = console.export_text()
     assert "reused" not in first_output

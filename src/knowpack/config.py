@@ -115,6 +115,8 @@ class EvalConfig(_Strict):
     mmlu_shots: int = Field(5, ge=0)
     truthfulqa_path: str | None = Field(None, description="mc_task.json; default: $KNOWPACK_TRUTHFULQA or shared/data")
     truthfulqa_source: Literal["local", "hub"] = Field("local", description="hub: truthfulqa/truthful_qa (online)")
+    forgetting_passages: int = Field(32, ge=0, description="held-out passages for forgetting metrics; 0 = skip")
+    forgetting_text: str | None = Field(None, description="text file, one passage per line; default: LAMBADA")
     seed: int = 0
 
 

@@ -18,6 +18,10 @@ def check_benchmark_data(config: EvalConfig) -> None:
     """Fail before any work, not after an hour of training, when local benchmark data is missing."""
     from knowpack.evaluate.benchmarks import BENCHMARKS, LoadOptions
 
+    from knowpack.evaluate.forgetting import load_passages
+
+    if config.forgetting_passages:
+        load_passages(1, path=config.forgetting_text)
     options = LoadOptions(1, config.mmlu_shots, config.seed, config.truthfulqa_path, config.truthfulqa_source)
     for name in config.benchmarks:
         if not (name == "truthfulqa" and config.truthfulqa_source == "hub"):
@@ -46,7 +50,7 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, prog
     benchmarks = run_benchmarks(adapted_model, tokenizer, config, progress)
     with adapted_model.disable_adapter():
         benchmarks_base = run_benchmarks(adapted_model, tokenizer, config, progress)
-    return {
+    metrics = {
         "reliability": reliability(rows_after, trained_ids),
         "reliability_by_epoch": stats.pop("reliability_by_epoch"),
         "generalization": reliability(run.read_table("probe_generalization.parquet"), trained_ids),
@@ -60,3 +64,9 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, prog
         "n_trained_facts": len(trained_ids),
         "n_heldout_facts": int(len(heldout_after)),
     }
+    if config.forgetting_passages:
+        from knowpack.evaluate.forgetting import forgetting, load_passages
+
+        passages = load_passages(config.forgetting_passages, seed=config.seed, path=config.forgetting_text)
+        metrics["forgetting"] = forgetting(adapted_model, tokenizer, passages)
+    return metrics

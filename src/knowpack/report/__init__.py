@@ -35,6 +35,11 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
         base = metrics.get("benchmarks_base", {}).get(name)
         delta = f" ({after - base:+.3f})" if base is not None else ""
         rows.append((f"{name} base → after", f"{_fmt(base)} → {_fmt(after)}{delta}"))
+    forgetting = metrics.get("forgetting")
+    if forgetting:
+        rows.append(("KL to base on held-out text (nats/token)", f"{forgetting['kl_to_base']:.4f}"))
+        rows.append(("perplexity base → after", f"{forgetting['perplexity_base']:.2f} → "
+                                                f"{forgetting['perplexity_after']:.2f}"))
     train = metrics.get("train", {})
     rows.append(("train tokens/s", f"{train.get('tokens_per_s', 0):.0f}"))
     rows.append(("train seconds", f"{train.get('seconds', 0):.1f}"))
