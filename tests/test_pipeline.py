@@ -78,3 +78,31 @@ def test_an_edited_facts_file_is_read_again(tmp_path):
     run_pipeline(config, tmp_path / "run", until="facts", progress=False, console=console)
     assert "▶ facts" in console.export_text()
     assert len((tmp_path / "run" / "facts.jsonl").read_text().splitlines()) == 12
+
+
+def test_eval_any_adapter_from_the_cli(tiny_model_dir, tmp_path, run_cli):
+    from knowpack.config import LoraSettings
+    from knowpack.models import load_model
+    from knowpack.train import add_lora
+
+    model, _ = load_model(str(tiny_model_dir))
+    adapter = tmp_path / "someone-elses-adapter"
+    peft_model = add_lora(model, LoraSettings(rank=2, target_modules=["down_proj"]), seed=3)
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.5)  # a trained-looking adapter, so the model really changes
+    peft_model.save_pretrained(adapter)
+    out = tmp_path / "eval"
+    result = run_cli("eval", "--preset", "smoke", "--adapter", str(adapter), "--out", str(out), "--quiet",
+                     *tiny_overrides(tiny_model_dir))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_heldout_facts"] == 16 and metrics["adapter"] == str(adapter.resolve())
+    assert sum(sum(row.values()) for row in metrics["shift"]["transitions"].values()) == 16
+    assert set(metrics["benchmarks"]) == {"mmlu"} and metrics["forgetting"]["kl_to_base"] > 0
+    for name in ("probe_before.parquet", "probe_after.parquet", "categories_after.parquet", "facts.jsonl"):
+        assert (out / name).exists()
+    missing = run_cli("eval", "--preset", "smoke", "--adapter", str(tmp_path / "nope"), "--out", str(tmp_path / "x"),
+                      *tiny_overrides(tiny_model_dir))
+    assert missing.returncode == 2 and "nope: no such adapter folder" in missing.stderr
+    assert not (tmp_path / "x").exists()

@@ -207,9 +207,19 @@ def train(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt =
 
 @app.command("eval")
 def evaluate(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt = None,
-             overrides: OverridesArg = None, quiet: QuietOpt = False) -> None:
+             overrides: OverridesArg = None, quiet: QuietOpt = False,
+             adapter: Annotated[Optional[Path], typer.Option(
+                 help="evaluate this PEFT adapter folder (any adapter for model.name) instead of the run's")] = None,
+             ) -> None:
     """Probe the adapted model and write metrics.json (runs earlier stages if needed)."""
-    run_dir = _run_until("evaluate", preset, config, out, overrides, quiet)
+    if adapter is not None:
+        from knowpack.evaluate import evaluate_adapter
+
+        settings = _resolve(preset, config, overrides)
+        run_dir = evaluate_adapter(settings, adapter, out or Path("runs") / f"eval-{adapter.resolve().name}",
+                                   progress=not quiet)
+    else:
+        run_dir = _run_until("evaluate", preset, config, out, overrides, quiet)
     print_summary(run_dir)
     typer.echo(str(run_dir / "metrics.json"))
 

@@ -7,11 +7,13 @@ Out: the metrics dict written as ``metrics.json`` (keys in DESIGN.md).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from knowpack.config import EvalConfig
 from knowpack.evaluate.knowledge import answer_stats, knowledge_shift, reliability
 from knowpack.rundir import RunDir
 
-__all__ = ["answer_stats", "check_benchmark_data", "evaluate_run", "knowledge_shift", "reliability", "run_benchmarks"]
+__all__ = ["answer_stats", "check_benchmark_data", "evaluate_adapter", "evaluate_run", "knowledge_shift", "reliability", "run_benchmarks"]
 
 
 def check_benchmark_data(config: EvalConfig) -> None:
@@ -70,3 +72,57 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, prog
         passages = load_passages(config.forgetting_passages, seed=config.seed, path=config.forgetting_text)
         metrics["forgetting"] = forgetting(adapted_model, tokenizer, passages)
     return metrics
+
+
+def evaluate_adapter(config, adapter_dir: str | Path, out: str | Path, *, progress: bool = True) -> Path:
+    """Evaluate any PEFT adapter (``knowpack eval --adapter DIR``) against its base model.
+
+    In:  a `RunConfig` (base model, facts, probe and eval settings) and a PEFT adapter folder.
+    Out: ``out/`` with config.yaml, facts.jsonl, probe and category tables before/after, and
+         metrics.json: knowledge ``shift`` and ``answers`` over all the facts (none was trained
+         here, so all are held out), ``benchmarks`` / ``benchmarks_base`` and ``forgetting``.
+    The base model is probed and scored before the adapter is attached; an adapter made for a
+    different base model, or stored as a pickle, is refused before any work.
+    """
+    from knowpack.config import config_to_yaml
+    from knowpack.facts import build_facts, facts_to_jsonl
+    from knowpack.evaluate.forgetting import forgetting, load_passages
+    from knowpack.models import check_model_name, load_model
+    from knowpack.probe import categorize, probe_facts
+    from knowpack.train.lora import check_adapter_files, load_adapter
+
+    adapter_dir = Path(adapter_dir)
+    check_adapter_files(adapter_dir)
+    check_model_name(config.model.name)
+    check_benchmark_data(config.eval)
+    run = RunDir(out)
+    with run.lock():
+        run.write_text("config.yaml", config_to_yaml(config))
+        facts = build_facts(config.facts, progress=progress)
+        run.write_text("facts.jsonl", facts_to_jsonl(facts))
+        m = config.model
+        model, tokenizer = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
+        rows_before = probe_facts(model, tokenizer, facts, config.probe, progress=progress, description="probing base")
+        benchmarks_base = run_benchmarks(model, tokenizer, config.eval, progress)
+        adapted = load_adapter(model, adapter_dir)
+        adapted.eval()
+        rows_after = probe_facts(adapted, tokenizer, facts, config.probe, progress=progress,
+                                 description="probing adapted")
+        cats_before, cats_after = categorize(rows_before), categorize(rows_after)
+        for name, table in (("probe_before.parquet", rows_before), ("probe_after.parquet", rows_after),
+                            ("categories_before.parquet", cats_before), ("categories_after.parquet", cats_after)):
+            run.write_table(name, table)
+        metrics = {
+            "adapter": str(adapter_dir.resolve()),
+            "shift": knowledge_shift(cats_before, cats_after),
+            "answers": answer_stats(rows_before, rows_after),
+            "benchmarks": run_benchmarks(adapted, tokenizer, config.eval, progress),
+            "benchmarks_base": benchmarks_base,
+            "n_heldout_facts": len(facts),
+        }
+        if config.eval.forgetting_passages:
+            passages = load_passages(config.eval.forgetting_passages, seed=config.eval.seed,
+                                     path=config.eval.forgetting_text)
+            metrics["forgetting"] = forgetting(adapted, tokenizer, passages)
+        run.write_json("metrics.json", metrics)
+    return run.path

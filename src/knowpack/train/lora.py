@@ -52,6 +52,15 @@ def load_adapter(model, adapter_dir: str | Path):
     from peft import PeftModel
 
     folder = Path(adapter_dir)
+    check_adapter_files(folder)
+    check_adapter_fits(model, folder)
+    return PeftModel.from_pretrained(model, str(folder), use_safetensors=True)
+
+
+def check_adapter_files(folder: Path) -> None:
+    """A PEFT adapter folder with safetensors weights (checked before any model is loaded)."""
+    if not folder.is_dir():
+        raise KnowpackError(f"{folder}: no such adapter folder")
     if not (folder / "adapter_config.json").is_file():
         raise KnowpackError(f"{folder}: not a PEFT adapter folder (no adapter_config.json)")
     if not (folder / "adapter_model.safetensors").is_file():
@@ -59,8 +68,6 @@ def load_adapter(model, adapter_dir: str | Path):
         found = f" (found pickled {', '.join(pickled)})" if pickled else ""
         raise KnowpackError(f"{folder}: no adapter_model.safetensors{found}; knowpack loads safetensors only "
                             "(re-save the adapter with PEFT's save_pretrained, which writes safetensors)")
-    check_adapter_fits(model, folder)
-    return PeftModel.from_pretrained(model, str(folder), use_safetensors=True)
 
 
 def check_adapter_fits(model, folder: Path) -> None:
