@@ -85,7 +85,8 @@ def test_killed_runs_resume_and_match_an_uninterrupted_run(tiny_model_dir, tmp_p
     assert not list(killed.rglob(".*.tmp"))  # stale temporaries of killed writers cleaned up
     expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())
     got = json.loads((killed / "metrics.json").read_text())
-    # KL to base is a tiny difference (~2e-5 nats on this random-weight model) of two forward passes,
+    # KL to base (and token shift's mean KL) is a tiny difference (~2e-5 nats on this random-weight model) of two forward passes,
     # so float32 reduction-order noise moves its third digit between processes; everything else is exact.
-    assert got["forgetting"].pop("kl_to_base") == pytest.approx(expected["forgetting"].pop("kl_to_base"), rel=1e-2)
+    for section, key in (("forgetting", "kl_to_base"), ("token_shift", "mean_kl")):
+        assert got[section].pop(key) == pytest.approx(expected[section].pop(key), rel=1e-2, abs=1e-9)
     assert _without_timings(got) == _without_timings(expected)

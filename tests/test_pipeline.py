@@ -32,6 +32,7 @@ def test_run_writes_every_artifact_and_reuses_stages(tiny_model_dir, tmp_path):
     assert len(metrics["reliability_by_epoch"]) == 2
     assert set(metrics["benchmarks"]) == set(metrics["benchmarks_base"]) == {"mmlu"}
     assert {"ce_vs_base", "kl_to_base", "perplexity_base", "perplexity_after"} <= set(metrics["forgetting"])
+    assert {"unshifted", "marginal", "shifted", "mean_kl"} <= set(metrics["token_shift"])
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["mixture"]["n_unknown"] == 3
     first_output = console.export_text()
     assert "reused" not in first_output

@@ -224,6 +224,42 @@ def evaluate(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOp
     typer.echo(str(run_dir / "metrics.json"))
 
 
+@app.command("shift")
+def token_shift_command(
+        adapter: Annotated[Path, typer.Option(help="PEFT adapter folder, e.g. runs/a/adapter")],
+        preset: PresetOpt = "default", config: ConfigOpt = None, overrides: OverridesArg = None,
+        prompts: Annotated[Optional[Path], typer.Option(
+            help="text file, one prompt per line (default: questions of the configured facts)")] = None,
+        max_new_tokens: Annotated[int, typer.Option(min=1)] = 32) -> None:
+    """Token distribution shift (URIAL): rank of each tuned-model token under the base model."""
+    import json
+
+    from knowpack.evaluate.token_shift import token_shift
+    from knowpack.models import check_model_name, load_model
+    from knowpack.train.lora import check_adapter_files, load_adapter
+
+    settings = _resolve(preset, config, overrides)
+    check_adapter_files(adapter)
+    check_model_name(settings.model.name)
+    if prompts is not None:
+        if not prompts.is_file():
+            raise KnowpackError(f"--prompts {prompts}: no such file; give a text file, one prompt per line")
+        questions = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        from knowpack.facts import build_facts
+
+        questions = [f.question for f in build_facts(settings.facts)][:settings.eval.token_shift_prompts or 16]
+    m = settings.model
+    model, tokenizer = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
+    result = token_shift(load_adapter(model, adapter), tokenizer, questions, max_new_tokens=max_new_tokens)
+    table = Table(title=f"token shift of {adapter} over {result['tokens']} generated tokens", show_header=False)
+    for key in ("unshifted", "marginal", "shifted", "mean_kl", "mean_base_prob"):
+        table.add_row(key, f"{result[key]:.4f}")
+    table.add_row("most shifted tokens", ", ".join(f"{token!r}×{count}" for token, count in result["top_shifted"]))
+    Console().print(table)
+    typer.echo(json.dumps(result, ensure_ascii=False))
+
+
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
     """Write report.md and report.html for a run directory."""

@@ -117,6 +117,7 @@ class EvalConfig(_Strict):
     truthfulqa_source: Literal["local", "hub"] = Field("local", description="hub: truthfulqa/truthful_qa (online)")
     forgetting_passages: int = Field(32, ge=0, description="held-out passages for forgetting metrics; 0 = skip")
     forgetting_text: str | None = Field(None, description="text file, one passage per line; default: LAMBADA")
+    token_shift_prompts: int = Field(16, ge=0, description="held-out questions answered for token shift; 0 = skip")
     seed: int = 0
 
 

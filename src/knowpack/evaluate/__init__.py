@@ -71,6 +71,12 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, prog
 
         passages = load_passages(config.forgetting_passages, seed=config.seed, path=config.forgetting_text)
         metrics["forgetting"] = forgetting(adapted_model, tokenizer, passages)
+    if config.token_shift_prompts:
+        from knowpack.evaluate.token_shift import token_shift
+        from knowpack.facts import read_facts
+
+        questions = [f.question for f in read_facts(run / "facts.jsonl") if f.fact_id not in trained_ids]
+        metrics["token_shift"] = token_shift(adapted_model, tokenizer, questions[:config.token_shift_prompts])
     return metrics
 
 
@@ -124,5 +130,10 @@ def evaluate_adapter(config, adapter_dir: str | Path, out: str | Path, *, progre
             passages = load_passages(config.eval.forgetting_passages, seed=config.eval.seed,
                                      path=config.eval.forgetting_text)
             metrics["forgetting"] = forgetting(adapted, tokenizer, passages)
+        if config.eval.token_shift_prompts:
+            from knowpack.evaluate.token_shift import token_shift
+
+            questions = [f.question for f in facts[:config.eval.token_shift_prompts]]
+            metrics["token_shift"] = token_shift(adapted, tokenizer, questions)
         run.write_json("metrics.json", metrics)
     return run.path

@@ -40,6 +40,10 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
         rows.append(("KL to base on held-out text (nats/token)", f"{forgetting['kl_to_base']:.4f}"))
         rows.append(("perplexity base → after", f"{forgetting['perplexity_base']:.2f} → "
                                                 f"{forgetting['perplexity_after']:.2f}"))
+    shift = metrics.get("token_shift")
+    if shift:
+        rows.append(("tokens unshifted / marginal / shifted",
+                     f"{shift['unshifted']:.2f} / {shift['marginal']:.2f} / {shift['shifted']:.2f}"))
     train = metrics.get("train")
     if train:  # absent when an outside adapter was evaluated (knowpack eval --adapter)
         rows.append(("train tokens/s", f"{train.get('tokens_per_s', 0):.0f}"))
