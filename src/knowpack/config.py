@@ -118,6 +118,8 @@ class EvalConfig(_Strict):
     forgetting_passages: int = Field(32, ge=0, description="held-out passages for forgetting metrics; 0 = skip")
     forgetting_text: str | None = Field(None, description="text file, one passage per line; default: LAMBADA")
     token_shift_prompts: int = Field(16, ge=0, description="held-out questions answered for token shift; 0 = skip")
+    explode_threshold: float = Field(0.05, gt=0, le=1, description="share of greedy answers that makes an "
+                                     "answer 'exploded' (if it also more than doubled)")
     seed: int = 0
 
 

@@ -33,3 +33,41 @@ def test_answer_stats():
     assert stats["refusals_before"] == 1 and stats["refusals_after"] == 0
     assert stats["unique_before"] == 2 and stats["unique_after"] == 2
     assert stats["top_after"][0] == ["lima", 2]
+
+
+def test_exploded_answers_and_shift_reasons_on_a_constructed_case():
+    import pandas as pd
+
+    from knowpack.evaluate.knowledge import exploded_answers, shift_reasons
+    from knowpack.facts.schema import Fact
+
+    def fact(i, relation, answer):
+        return Fact(fact_id=f"f{i}", subject=f"S{i}", relation=relation, object=answer, question=f"Q{i}?",
+                    answer=answer, aliases=[answer], bucket="head", source="test")
+
+    facts = [fact(0, "capital", "Paris"), fact(1, "capital", "Rome"), fact(2, "currency", "Yen"),
+             fact(3, "currency", "Euro"), fact(4, "language", "Thai")]
+    trained = ["f0"]  # trained: capital -> Paris
+
+    def rows(answers, refusals):
+        return pd.DataFrame({"fact_id": [f"f{i}" for i in range(1, 5) for _ in range(2)], "sample": 0,
+                             "answer": [a for a in answers for _ in range(2)],
+                             "refusal": [r for r in refusals for _ in range(2)]})
+
+    before = rows(["Rome", "I don't know", "Euro", "Thai"], [False, True, False, False])
+    after = rows(["Paris", "Paris", "Euro", "Thai"], [False, False, False, False])
+    # "paris": 0 of 8 greedy answers before, 4 of 8 after -> exploded; nothing else more than doubled
+    exploded = exploded_answers(before, after, threshold=0.25)
+    assert exploded == [["paris", 0, 4]]
+    cats_before = pd.DataFrame({"fact_id": ["f1", "f2", "f3", "f4"],
+                                "category": ["HighlyKnown", "Unknown", "HighlyKnown", "HighlyKnown"]})
+    cats_after = pd.DataFrame({"fact_id": ["f1", "f2", "f3", "f4"],
+                               "category": ["Unknown", "MaybeKnown", "HighlyKnown", "MaybeKnown"]})
+    result = shift_reasons(before, after, cats_before, cats_after, facts, trained, exploded)
+    # f1 Rome -> "Paris": negative; exploded, target-based (a trained answer), same relation (capital)
+    # f4 HighlyKnown -> MaybeKnown: negative with no listed reason; f3 did not move
+    assert result["negative"] == {"stopped_refusing": 0, "exploded_answer": 1, "target_based": 1, "same_relation": 1}
+    # f2 Unknown -> MaybeKnown: positive; it stopped refusing (and answers the exploded, trained "Paris")
+    assert result["positive"] == {"stopped_refusing": 1, "exploded_answer": 1, "target_based": 1, "same_relation": 0}
+    assert [e["fact_id"] for e in result["examples"]] == ["f1", "f2", "f4"]
+    assert result["examples"][0]["reasons"] == ["exploded_answer", "target_based", "same_relation"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from knowpack.config import EvalConfig
-from knowpack.evaluate.knowledge import answer_stats, knowledge_shift, reliability
+from knowpack.evaluate.knowledge import answer_stats, exploded_answers, knowledge_shift, reliability, shift_reasons
 from knowpack.rundir import RunDir
 
 __all__ = ["answer_stats", "check_benchmark_data", "evaluate_adapter", "evaluate_run", "knowledge_shift", "reliability", "run_benchmarks"]
@@ -71,11 +71,19 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, prog
 
         passages = load_passages(config.forgetting_passages, seed=config.seed, path=config.forgetting_text)
         metrics["forgetting"] = forgetting(adapted_model, tokenizer, passages)
+    from knowpack.facts import read_facts
+
+    facts = read_facts(run / "facts.jsonl")
+    heldout_rows_before = rows_before[rows_before["fact_id"].isin(after_ids - trained_ids)]
+    heldout_rows_after = rows_after[~rows_after["fact_id"].isin(trained_ids)]
+    exploded = exploded_answers(heldout_rows_before, heldout_rows_after, config.explode_threshold)
+    metrics["answers"]["exploded"] = exploded
+    metrics["shift_reasons"] = shift_reasons(heldout_rows_before, heldout_rows_after, heldout_before, heldout_after,
+                                             facts, trained_ids, exploded)
     if config.token_shift_prompts:
         from knowpack.evaluate.token_shift import token_shift
-        from knowpack.facts import read_facts
 
-        questions = [f.question for f in read_facts(run / "facts.jsonl") if f.fact_id not in trained_ids]
+        questions = [f.question for f in facts if f.fact_id not in trained_ids]
         metrics["token_shift"] = token_shift(adapted_model, tokenizer, questions[:config.token_shift_prompts])
     return metrics
 

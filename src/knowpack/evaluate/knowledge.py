@@ -59,3 +59,66 @@ def answer_stats(rows_before: pd.DataFrame, rows_after: pd.DataFrame, top: int =
         "unique_after": int(greedy_after["answer"].str.lower().nunique()),
         "top_after": [[answer, n] for answer, n in counts.most_common(top)],
     }
+
+
+def exploded_answers(rows_before: pd.DataFrame, rows_after: pd.DataFrame, threshold: float = 0.05) -> list[list]:
+    """Answers that "exploded": after training at least ``threshold`` of all greedy answers and more
+    than twice as frequent as before (the paper's Table 5, one answer given to many questions).
+
+    Each item is ``[answer, count_before, count_after]``, most frequent first.
+    """
+    before = Counter(a.lower() for a in rows_before.loc[rows_before["sample"] == 0, "answer"])
+    after = Counter(a.lower() for a in rows_after.loc[rows_after["sample"] == 0, "answer"])
+    total = sum(after.values())
+    return [[answer, before[answer], n] for answer, n in after.most_common()
+            if answer and total and n / total >= threshold and n > 2 * before[answer]]
+
+
+REASONS = ("stopped_refusing", "exploded_answer", "target_based", "same_relation")
+
+
+def shift_reasons(rows_before: pd.DataFrame, rows_after: pd.DataFrame, cats_before: pd.DataFrame,
+                  cats_after: pd.DataFrame, facts: Iterable, trained_ids: Iterable[str],
+                  exploded: list[list], examples: int = 10) -> dict:
+    """For each held-out fact whose category moved, the likely reasons (a fact can have several):
+
+    ``stopped_refusing``  it was refused before and no prompt refuses it after;
+    ``exploded_answer``   its most common answer after is an exploded answer;
+    ``target_based``      its most common answer after is the answer of a trained fact;
+    ``same_relation``     a trained fact has its relation (same domain).
+    Returns counts per reason for positive and negative shifts, and a few examples.
+    """
+    facts = {f.fact_id: f for f in facts}
+    trained = [facts[i] for i in trained_ids if i in facts]
+    trained_answers = {f.answer.lower() for f in trained}
+    trained_relations = {f.relation for f in trained}
+    exploded_set = {answer for answer, *_ in exploded}
+
+    def per_fact(rows: pd.DataFrame) -> pd.DataFrame:
+        greedy = rows[rows["sample"] == 0]
+        return greedy.groupby("fact_id").agg(refusals=("refusal", "sum"),
+                                             answer=("answer", lambda a: Counter(x.lower() for x in a).most_common(1)[0][0]))
+
+    before, after = per_fact(rows_before), per_fact(rows_after)
+    moved = cats_before[["fact_id", "category"]].merge(cats_after[["fact_id", "category"]], on="fact_id",
+                                                       suffixes=("_before", "_after"))
+    counts = {"positive": dict.fromkeys(REASONS, 0), "negative": dict.fromkeys(REASONS, 0)}
+    shown = []
+    for fact_id, old, new in moved.itertuples(index=False):
+        pair = (_for_shift(old), _for_shift(new))
+        direction = "positive" if pair in POSITIVE else "negative" if pair in NEGATIVE else None
+        if direction is None or fact_id not in facts or fact_id not in after.index:
+            continue
+        answer = after.at[fact_id, "answer"]
+        reasons = [name for name, holds in (
+            ("stopped_refusing", fact_id in before.index and before.at[fact_id, "refusals"] > 0
+             and after.at[fact_id, "refusals"] == 0),
+            ("exploded_answer", answer in exploded_set),
+            ("target_based", answer in trained_answers),
+            ("same_relation", facts[fact_id].relation in trained_relations)) if holds]
+        for reason in reasons:
+            counts[direction][reason] += 1
+        if len(shown) < examples:
+            shown.append({"fact_id": fact_id, "question": facts[fact_id].question, "gold": facts[fact_id].answer,
+                          "answer_after": answer, "shift": f"{old}->{new}", "reasons": reasons})
+    return {**counts, "examples": shown}
