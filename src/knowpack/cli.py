@@ -173,7 +173,7 @@ def probe(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt =
 
 
 def _audit(data: Path, preset, config_file, out, overrides, quiet) -> Path:
-    from knowpack.models import check_model_name, load_model
+    from knowpack.models import check_model_name, load_configured_model
     from knowpack.probe import categorize, probe_facts
     from knowpack.probe.audit import read_qa_dataset
     import pandas as pd
@@ -186,8 +186,7 @@ def _audit(data: Path, preset, config_file, out, overrides, quiet) -> Path:
     check_model_name(config.model.name)
     run = RunDir(out or Path("runs") / f"audit-{data.stem}")
     run.write_text("config.yaml", config_to_yaml(config))
-    model, tokenizer = load_model(config.model.name, dtype=config.model.dtype, device=config.model.device,
-                                  trust_remote_code=config.model.trust_remote_code)
+    model, tokenizer = load_configured_model(config.model)
     rows = probe_facts(model, tokenizer, facts, config.probe, progress=not quiet, description=f"auditing {data.name}")
     categories = categorize(rows).merge(
         pd.DataFrame({"fact_id": [f.fact_id for f in facts], "question": [f.question for f in facts],
@@ -235,7 +234,7 @@ def token_shift_command(
     import json
 
     from knowpack.evaluate.token_shift import token_shift
-    from knowpack.models import check_model_name, load_model
+    from knowpack.models import check_model_name, load_configured_model
     from knowpack.train.lora import check_adapter_files, load_adapter
 
     settings = _resolve(preset, config, overrides)
@@ -249,8 +248,7 @@ def token_shift_command(
         from knowpack.facts import build_facts
 
         questions = [f.question for f in build_facts(settings.facts)][:settings.eval.token_shift_prompts or 16]
-    m = settings.model
-    model, tokenizer = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
+    model, tokenizer = load_configured_model(settings.model)
     result = token_shift(load_adapter(model, adapter), tokenizer, questions, max_new_tokens=max_new_tokens)
     table = Table(title=f"token shift of {adapter} over {result['tokens']} generated tokens", show_header=False)
     for key in ("unshifted", "marginal", "shifted", "mean_kl", "mean_base_prob"):

@@ -161,6 +161,12 @@ def load_model(name: str = EMBEDDED_MODEL, *, dtype: str = "auto", device: str =
     return model, tokenizer
 
 
+def load_configured_model(settings):
+    """`load_model` with the fields of a `ModelConfig` (name, dtype, device, trust_remote_code)."""
+    return load_model(settings.name, dtype=settings.dtype, device=settings.device,
+                      trust_remote_code=settings.trust_remote_code)
+
+
 def check_model_fits(name: str, folder: Path, dtype, device) -> None:
     """Refuse, before loading, a model whose weights alone exceed the free memory of the device.
 

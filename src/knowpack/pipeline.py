@@ -21,7 +21,7 @@ from rich.console import Console
 from knowpack.config import RunConfig, config_to_yaml
 from knowpack.evaluate import check_benchmark_data, evaluate_run
 from knowpack.facts import Fact, build_facts, facts_to_jsonl, read_facts
-from knowpack.models import check_model_name, load_model
+from knowpack.models import check_model_name, load_configured_model
 from knowpack.probe import categorize, probe_facts
 from knowpack.report import write_report
 from knowpack.rundir import RunDir, atomic_dir, fingerprint
@@ -49,9 +49,7 @@ class Recipe:
     @property
     def model(self):
         if self._model is None:
-            m = self.config.model
-            self._model, self.tokenizer = load_model(m.name, dtype=m.dtype, device=m.device,
-                                                     trust_remote_code=m.trust_remote_code)
+            self._model, self.tokenizer = load_configured_model(self.config.model)
         return self._model
 
     def _stage(self, name: str, key: str, outputs: list[str], compute: Callable[[], None]) -> None:

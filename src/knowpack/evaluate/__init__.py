@@ -49,6 +49,8 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, prog
     heldout_after = cats_after[~cats_after["fact_id"].isin(trained_ids)]
     heldout_before = cats_before[cats_before["fact_id"].isin(heldout_after["fact_id"])]
     after_ids = set(rows_after["fact_id"])
+    heldout_rows_before = rows_before[rows_before["fact_id"].isin(after_ids - trained_ids)]
+    heldout_rows_after = rows_after[~rows_after["fact_id"].isin(trained_ids)]
     benchmarks = run_benchmarks(adapted_model, tokenizer, config, progress)
     with adapted_model.disable_adapter():
         benchmarks_base = run_benchmarks(adapted_model, tokenizer, config, progress)
@@ -57,8 +59,7 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, prog
         "reliability_by_epoch": stats.pop("reliability_by_epoch"),
         "generalization": reliability(run.read_table("probe_generalization.parquet"), trained_ids),
         "shift": knowledge_shift(heldout_before, heldout_after),
-        "answers": answer_stats(rows_before[rows_before["fact_id"].isin(after_ids - trained_ids)],
-                                rows_after[~rows_after["fact_id"].isin(trained_ids)]),
+        "answers": answer_stats(heldout_rows_before, heldout_rows_after),
         "benchmarks": benchmarks,
         "benchmarks_base": benchmarks_base,
         "train": {k: stats[k] for k in ("steps", "tokens", "seconds", "tokens_per_s", "peak_memory_mb",
@@ -66,24 +67,29 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, prog
         "n_trained_facts": len(trained_ids),
         "n_heldout_facts": int(len(heldout_after)),
     }
+    from knowpack.facts import read_facts
+
+    facts = read_facts(run / "facts.jsonl")
+    exploded = exploded_answers(heldout_rows_before, heldout_rows_after, config.explode_threshold)
+    metrics["answers"]["exploded"] = exploded
+    metrics["shift_reasons"] = shift_reasons(heldout_rows_before, heldout_rows_after, heldout_before, heldout_after,
+                                             facts, trained_ids, exploded)
+    questions = [f.question for f in facts if f.fact_id not in trained_ids]
+    metrics.update(model_change_metrics(adapted_model, tokenizer, config, questions))
+    return metrics
+
+
+def model_change_metrics(adapted_model, tokenizer, config: EvalConfig, questions: list[str]) -> dict:
+    """``forgetting`` on held-out text and ``token_shift`` on the first ``questions``, each when enabled."""
+    metrics = {}
     if config.forgetting_passages:
         from knowpack.evaluate.forgetting import forgetting, load_passages
 
         passages = load_passages(config.forgetting_passages, seed=config.seed, path=config.forgetting_text)
         metrics["forgetting"] = forgetting(adapted_model, tokenizer, passages)
-    from knowpack.facts import read_facts
-
-    facts = read_facts(run / "facts.jsonl")
-    heldout_rows_before = rows_before[rows_before["fact_id"].isin(after_ids - trained_ids)]
-    heldout_rows_after = rows_after[~rows_after["fact_id"].isin(trained_ids)]
-    exploded = exploded_answers(heldout_rows_before, heldout_rows_after, config.explode_threshold)
-    metrics["answers"]["exploded"] = exploded
-    metrics["shift_reasons"] = shift_reasons(heldout_rows_before, heldout_rows_after, heldout_before, heldout_after,
-                                             facts, trained_ids, exploded)
     if config.token_shift_prompts:
         from knowpack.evaluate.token_shift import token_shift
 
-        questions = [f.question for f in facts if f.fact_id not in trained_ids]
         metrics["token_shift"] = token_shift(adapted_model, tokenizer, questions[:config.token_shift_prompts])
     return metrics
 
@@ -100,8 +106,7 @@ def evaluate_adapter(config, adapter_dir: str | Path, out: str | Path, *, progre
     """
     from knowpack.config import config_to_yaml
     from knowpack.facts import build_facts, facts_to_jsonl
-    from knowpack.evaluate.forgetting import forgetting, load_passages
-    from knowpack.models import check_model_name, load_model
+    from knowpack.models import check_model_name, load_configured_model
     from knowpack.probe import categorize, probe_facts
     from knowpack.train.lora import check_adapter_files, load_adapter
 
@@ -114,8 +119,7 @@ def evaluate_adapter(config, adapter_dir: str | Path, out: str | Path, *, progre
         run.write_text("config.yaml", config_to_yaml(config))
         facts = build_facts(config.facts, progress=progress)
         run.write_text("facts.jsonl", facts_to_jsonl(facts))
-        m = config.model
-        model, tokenizer = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
+        model, tokenizer = load_configured_model(config.model)
         rows_before = probe_facts(model, tokenizer, facts, config.probe, progress=progress, description="probing base")
         benchmarks_base = run_benchmarks(model, tokenizer, config.eval, progress)
         adapted = load_adapter(model, adapter_dir)
@@ -134,14 +138,6 @@ def evaluate_adapter(config, adapter_dir: str | Path, out: str | Path, *, progre
             "benchmarks_base": benchmarks_base,
             "n_heldout_facts": len(facts),
         }
-        if config.eval.forgetting_passages:
-            passages = load_passages(config.eval.forgetting_passages, seed=config.eval.seed,
-                                     path=config.eval.forgetting_text)
-            metrics["forgetting"] = forgetting(adapted, tokenizer, passages)
-        if config.eval.token_shift_prompts:
-            from knowpack.evaluate.token_shift import token_shift
-
-            questions = [f.question for f in facts[:config.eval.token_shift_prompts]]
-            metrics["token_shift"] = token_shift(adapted, tokenizer, questions)
+        metrics.update(model_change_metrics(adapted, tokenizer, config.eval, [f.question for f in facts]))
         run.write_json("metrics.json", metrics)
     return run.path
