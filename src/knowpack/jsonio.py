@@ -8,8 +8,12 @@ lone UTF-16 surrogate (``"\\ud800"``) that would only fail later, when the facts
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
 
 
 def _loads(text: str, where: str) -> Any:
@@ -21,12 +25,12 @@ def _loads(text: str, where: str) -> Any:
         raise KnowpackError(f"{where}: not valid JSON ({err.msg})") from err
     except (ValueError, RecursionError) as err:  # huge integers, absurd nesting
         raise KnowpackError(f"{where}: not usable JSON ({type(err).__name__}: {str(err)[:80]})") from err
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise KnowpackError(f"{where}: text holds an invalid \\u escape (a lone surrogate)") from err
-    except RecursionError as err:
-        raise KnowpackError(f"{where}: nested too deeply") from err
+    # Decoded UTF-8 cannot hold a surrogate; only a \uD800-\uDFFF escape can, so only such text is checked.
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise KnowpackError(f"{where}: text holds an invalid \\u escape (a lone surrogate)") from err
     return value
 
 
