@@ -67,3 +67,12 @@ def test_passages(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(KnowpackError, match="no passages"):
         load_passages(3, path=tmp_path / "empty.txt")
+
+
+def test_passages_longer_than_the_context_are_cut_to_fit(tiny_model, smollm2_tokenizer):
+    tiny_model.config.max_position_embeddings = 16
+    long_passage = "A very long passage about rivers, mountains and cities. " * 20
+    result = forgetting(_adapted(tiny_model), smollm2_tokenizer, [long_passage, TEXTS[1]], batch_size=2)
+    short = len(smollm2_tokenizer(TEXTS[1]).input_ids) - 1
+    assert result["tokens"] == 15 + short  # the long one is scored over its first 16 tokens
+    assert result["kl_to_base"] == 0.0

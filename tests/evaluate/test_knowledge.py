@@ -71,3 +71,42 @@ def test_exploded_answers_and_shift_reasons_on_a_constructed_case():
     assert result["positive"] == {"stopped_refusing": 1, "exploded_answer": 1, "target_based": 1, "same_relation": 0}
     assert [e["fact_id"] for e in result["examples"]] == ["f1", "f2", "f4"]
     assert result["examples"][0]["reasons"] == ["exploded_answer", "target_based", "same_relation"]
+
+
+def test_locality_on_a_constructed_case():
+    from knowpack.evaluate.knowledge import locality
+    from knowpack.facts.schema import Fact
+
+    def fact(i, subject, relation):
+        return Fact(fact_id=f"f{i}", subject=subject, relation=relation, object="o", question=f"Q{i}?",
+                    answer="o", aliases=["o"], bucket="head", source="test")
+
+    facts = [fact(0, "France", "capital"),    # trained
+             fact(1, "France", "currency"),   # same subject
+             fact(2, "Peru", "capital"),      # same relation
+             fact(3, "Peru", "language"),     # unrelated
+             fact(4, "Chad", "capital")]      # same relation, probed after only: left out
+
+    def rows(pairs):
+        return pd.DataFrame([{"fact_id": f, "prompt_id": p, "sample": s, "answer": a} for f, p, s, a in pairs])
+
+    before = rows([("f0", 0, 0, "x"), ("f1", 0, 0, "Euro"), ("f1", 1, 0, "Franc"), ("f2", 0, 0, "Lima"),
+                   ("f2", 1, 0, "Lima"), ("f3", 0, 0, "Spanish"), ("f1", 0, 1, "sampled, ignored")])
+    after = rows([("f0", 0, 0, "Paris"), ("f1", 0, 0, " euro "), ("f1", 1, 0, "Paris"), ("f2", 0, 0, "Paris"),
+                  ("f2", 1, 0, "LIMA"), ("f3", 0, 0, "Quechua"), ("f4", 0, 0, "Paris"), ("f1", 0, 1, "zzz")])
+    result = locality(before, after, facts, ["f0"])
+    # subject neighbours: f1 -> "euro" unchanged (case, spaces), "Franc"->"Paris" changed: 1/2
+    # relation neighbours: f2 -> "Lima"->"Paris" changed, "Lima"->"LIMA" unchanged: 1/2; f4 has no before
+    assert result == {"subject": 0.5, "facts_subject": 1, "relation": 0.5, "facts_relation": 1}
+    assert locality(before, after, [*facts, fact(5, "Oman", "anthem")], ["f5"]) == {"subject": None, "facts_subject": 0,
+                                                      "relation": None, "facts_relation": 0}
+
+
+def test_shift_with_empty_categories_and_no_heldout_facts():
+    before = pd.DataFrame({"fact_id": ["a", "b"], "category": ["Unknown", "Unknown"]})
+    after = pd.DataFrame({"fact_id": ["a", "b"], "category": ["Unknown", "MaybeKnown"]})
+    shift = knowledge_shift(before, after)  # no HighlyKnown fact: nothing can shift negatively
+    assert shift["positive"] == 0.5 and shift["negative"] == 0.0
+    assert shift["transitions"]["HighlyKnown"] == {c: 0 for c in shift["transitions"]}
+    empty = knowledge_shift(before.iloc[:0], after.iloc[:0])
+    assert empty["positive"] is None and empty["negative"] is None and empty["n_facts"] == 0

@@ -51,3 +51,16 @@ def test_cli_shift(tiny_model, tiny_model_dir, smollm2_tokenizer, tmp_path, run_
     assert json.loads(result.stdout.strip().splitlines()[-1])["unshifted"] == 1.0
     bad = run_cli("shift", "--adapter", str(tmp_path / "none"), f"model.name={tiny_model_dir}")
     assert bad.returncode == 2 and "none: no such adapter folder" in bad.stderr
+
+
+def test_prompts_longer_than_the_context_are_left_out_with_a_warning(tiny_model, smollm2_tokenizer):
+    from knowpack.errors import KnowpackWarning
+
+    tiny_model.config.max_position_embeddings = 48  # the chat template alone is ~30 tokens
+    adapted = add_lora(tiny_model, LoraSettings(rank=2, target_modules=["down_proj"]), seed=0)
+    long_prompt = "Tell me everything about " + "the history of the city of Rome, " * 10
+    with pytest.warns(KnowpackWarning, match="1 of 2 prompts do not fit in the model's 48 positions"):
+        result = token_shift(adapted, smollm2_tokenizer, ["Who?", long_prompt], max_new_tokens=4)
+    assert 0 < result["tokens"] <= 4  # only the short prompt was answered
+    with pytest.raises(KnowpackError, match="no prompt fits in the model's 48 positions"):
+        token_shift(adapted, smollm2_tokenizer, [long_prompt], max_new_tokens=4)

@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from knowpack.config import EvalConfig
-from knowpack.evaluate.knowledge import answer_stats, exploded_answers, knowledge_shift, reliability, shift_reasons
+from knowpack.evaluate.knowledge import (answer_stats, exploded_answers, knowledge_shift, locality, reliability,
+                                        shift_reasons)
 from knowpack.rundir import RunDir
 
-__all__ = ["answer_stats", "check_benchmark_data", "evaluate_adapter", "evaluate_run", "knowledge_shift", "reliability", "run_benchmarks"]
+__all__ = ["answer_stats", "check_benchmark_data", "evaluate_adapter", "evaluate_run", "knowledge_shift", "locality",
+           "reliability", "run_benchmarks"]
 
 
 def check_benchmark_data(config: EvalConfig) -> None:
@@ -74,6 +76,7 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, prog
     metrics["answers"]["exploded"] = exploded
     metrics["shift_reasons"] = shift_reasons(heldout_rows_before, heldout_rows_after, heldout_before, heldout_after,
                                              facts, trained_ids, exploded)
+    metrics["locality"] = locality(heldout_rows_before, heldout_rows_after, facts, trained_ids)
     questions = [f.question for f in facts if f.fact_id not in trained_ids]
     metrics.update(model_change_metrics(adapted_model, tokenizer, config, questions))
     return metrics

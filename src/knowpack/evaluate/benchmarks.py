@@ -92,11 +92,13 @@ def _encode(tokenizer, context: str, continuation: str, special: list[int],
         continuation_ids = tokenizer(continuation, add_special_tokens=False).input_ids
     if not continuation_ids:
         raise ValueError(f"continuation {continuation!r} encodes to no tokens")
-    if limit and len(context_ids) + len(continuation_ids) > limit:
-        if len(continuation_ids) >= limit:
-            raise KnowpackError(f"a continuation of {len(continuation_ids)} tokens exceeds "
-                                f"the model's {limit} positions")
-        context_ids = context_ids[-(limit - len(continuation_ids)):]  # lm-eval truncates from the left
+    # A question longer than the context: like lm-eval, keep the last limit + 1 tokens of context +
+    # continuation (the final token is only predicted, so the model sees exactly `limit` positions).
+    if limit and len(context_ids) + len(continuation_ids) > limit + 1:
+        if len(continuation_ids) > limit:
+            raise KnowpackError(f"an answer option of {len(continuation_ids)} tokens does not fit in "
+                                f"the model's {limit} positions; score this benchmark with a longer-context model")
+        context_ids = context_ids[-(limit + 1 - len(continuation_ids)):]
     return context_ids, continuation_ids
 
 

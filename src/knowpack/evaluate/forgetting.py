@@ -58,10 +58,12 @@ def forgetting(adapted_model, tokenizer, passages: list[str], *, batch_size: int
     count = 0
     device = next(adapted_model.parameters()).device
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    # Longer passages are cut to their start; never past the model's context.
+    max_tokens = min(MAX_TOKENS, getattr(adapted_model.config, "max_position_embeddings", None) or MAX_TOKENS)
     try:
         for start in range(0, len(passages), batch_size):
             batch = tokenizer(passages[start:start + batch_size], return_tensors="pt", padding=True,
-                              truncation=True, max_length=MAX_TOKENS).to(device)
+                              truncation=True, max_length=max_tokens).to(device)
             tuned = adapted_model(**batch).logits[:, :-1].float().log_softmax(-1)
             with adapted_model.disable_adapter():
                 base = adapted_model(**batch).logits[:, :-1].float().log_softmax(-1)

@@ -32,7 +32,10 @@ def _for_shift(category: str) -> str:
 
 
 def knowledge_shift(before: pd.DataFrame, after: pd.DataFrame) -> dict:
-    """Transition matrix and positive / negative shift as fractions of the held-out facts."""
+    """Transition matrix and positive / negative shift as fractions of the held-out facts.
+
+    A category with no facts gives a zero row (and column) in ``transitions``; with no held-out
+    facts at all, ``positive`` and ``negative`` are None."""
     merged = before[["fact_id", "category"]].merge(after[["fact_id", "category"]], on="fact_id",
                                                    suffixes=("_before", "_after"))
     transitions = {c: {d: 0 for d in CATEGORIES} for c in CATEGORIES}
@@ -43,7 +46,8 @@ def knowledge_shift(before: pd.DataFrame, after: pd.DataFrame) -> dict:
         positive += pair in POSITIVE
         negative += pair in NEGATIVE
     total = len(merged)
-    return {"positive": positive / total if total else 0.0, "negative": negative / total if total else 0.0,
+    # No held-out facts (every fact was trained, or none was re-probed): the shift is unmeasured, not 0.
+    return {"positive": positive / total if total else None, "negative": negative / total if total else None,
             "n_facts": total, "transitions": transitions}
 
 
@@ -122,3 +126,36 @@ def shift_reasons(rows_before: pd.DataFrame, rows_after: pd.DataFrame, cats_befo
             shown.append({"fact_id": fact_id, "question": facts[fact_id].question, "gold": facts[fact_id].answer,
                           "answer_after": answer, "shift": f"{old}->{new}", "reasons": reasons})
     return {**counts, "examples": shown}
+
+
+def locality(rows_before: pd.DataFrame, rows_after: pd.DataFrame, facts: Iterable,
+             trained_ids: Iterable[str]) -> dict:
+    """EasyEdit's locality on untouched neighbours of the trained facts.
+
+    Over the held-out facts that share a subject with a trained fact (``subject``) and those that
+    share a relation (``relation``): the share of their greedy answers (fact × prompt) that are the
+    same, case and spacing aside, after training as before. 1.0 means training left them alone.
+    None when no held-out fact is such a neighbour; ``facts_subject`` / ``facts_relation`` say how
+    many facts each share is over.
+    """
+    facts = {f.fact_id: f for f in facts}
+    trained = set(trained_ids)
+    subjects = {facts[i].subject for i in trained if i in facts}
+    relations = {facts[i].relation for i in trained if i in facts}
+
+    def greedy(rows: pd.DataFrame) -> pd.Series:
+        picked = rows[(rows["sample"] == 0) & ~rows["fact_id"].isin(trained)]
+        return pd.Series(picked["answer"].str.lower().str.split().str.join(" ").values,
+                         index=pd.MultiIndex.from_arrays([picked["fact_id"], picked["prompt_id"]]))
+
+    after = greedy(rows_after)
+    both = pd.DataFrame({"before": greedy(rows_before), "after": after}).dropna()  # asked both times
+    unchanged = both["before"] == both["after"]
+    fact_ids = both.index.get_level_values(0)
+    result: dict = {}
+    for name, neighbours in (("subject", {i for i in set(fact_ids) if facts.get(i) and facts[i].subject in subjects}),
+                             ("relation", {i for i in set(fact_ids) if facts.get(i) and facts[i].relation in relations})):
+        mask = fact_ids.isin(neighbours)
+        result[name] = float(unchanged[mask].mean()) if mask.any() else None
+        result[f"facts_{name}"] = len(neighbours)
+    return result

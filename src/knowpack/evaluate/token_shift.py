@@ -14,7 +14,7 @@ from collections import Counter
 
 import torch
 
-from knowpack.errors import KnowpackError
+from knowpack.errors import KnowpackError, warn
 
 
 @torch.no_grad()
@@ -23,6 +23,16 @@ def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens:
     """Shares of unshifted / marginal / shifted tokens in the tuned model's greedy answers."""
     if not prompts:
         raise KnowpackError("token shift: no prompts to answer")
+    limit = getattr(adapted_model.config, "max_position_embeddings", None)
+    if limit:  # a prompt plus its answer must fit in the context; longer ones are left out, said once
+        fits = [p for p in prompts if len(tokenizer(_as_chat(tokenizer, p), add_special_tokens=False).input_ids)
+                + max_new_tokens <= limit]
+        if len(fits) < len(prompts):
+            warn(f"token shift: {len(prompts) - len(fits)} of {len(prompts)} prompts do not fit in the model's "
+                 f"{limit} positions with {max_new_tokens} new tokens; they are left out")
+        if not fits:
+            raise KnowpackError(f"token shift: no prompt fits in the model's {limit} positions; use shorter prompts")
+        prompts = fits
     was_training = adapted_model.training
     adapted_model.eval()
     device = next(adapted_model.parameters()).device

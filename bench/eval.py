@@ -1,0 +1,88 @@
+"""Benchmark scoring: knowpack's log-likelihood core vs lm-evaluation-harness, same model and questions.
+
+Reference: lm-eval 0.4 (`simple_evaluate` with its own `HFLM` and its shipped MMLU / TruthfulQA task
+YAMLs, pointed at local copies of the same questions; see `knowpack.evaluate.lm_eval_check`).
+knowpack: `score_benchmark` (shared few-shot prefix once, each context once, one-token options read
+from one next-token distribution).
+
+Prints both tools' scores, the largest per-option log-likelihood difference, both wall times and the
+speed ratio. The scores must agree within 1e-3.
+
+    python bench/eval.py                              # 500 MMLU (5-shot) + 817 TruthfulQA questions
+    python bench/eval.py --mmlu 50 --truthfulqa 50    # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from knowpack.evaluate.benchmarks import (  # noqa: E402
+    BENCHMARKS, build_requests, load_mmlu, load_truthfulqa, loglikelihood, score_benchmark)
+from knowpack.evaluate.lm_eval_check import lm_eval_scores  # noqa: E402
+from knowpack.models import load_model  # noqa: E402
+
+TOLERANCE = 1e-3
+
+
+def knowpack_logliks(model, tokenizer, metric: str, docs: list[dict]) -> list[list[float]]:
+    task = next(task for bench in BENCHMARKS.values() for task in bench.tasks if task.metric == metric)
+    requests = [build_requests(task, doc) for doc in docs]
+    flat = loglikelihood(model, tokenizer, [r for doc_requests in requests for r in doc_requests])
+    out, start = [], 0
+    for doc_requests in requests:
+        out.append(flat[start:start + len(doc_requests)])
+        start += len(doc_requests)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mmlu", type=int, default=500, help="MMLU test questions (seeded sample)")
+    parser.add_argument("--truthfulqa", type=int, default=None, help="TruthfulQA questions (default: all 817)")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=16, help="batch size of both tools")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    mmlu = load_mmlu(args.mmlu, shots=args.shots, seed=args.seed)
+    truthfulqa = load_truthfulqa(args.truthfulqa, seed=args.seed)
+    print(f"model {args.model} on {model.device}; {len(mmlu)} MMLU ({args.shots}-shot) and "
+          f"{len(truthfulqa)} TruthfulQA questions, batch {args.batch}")
+
+    start = time.perf_counter()
+    ours = {**score_benchmark(model, tokenizer, BENCHMARKS["mmlu"], mmlu, batch_size=args.batch, progress=False),
+            **score_benchmark(model, tokenizer, BENCHMARKS["truthfulqa"], truthfulqa, batch_size=args.batch,
+                              progress=False)}
+    ours_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    reference = lm_eval_scores(model, tokenizer, mmlu_docs=mmlu, truthfulqa_docs=truthfulqa, batch_size=args.batch)
+    reference_s = time.perf_counter() - start
+
+    # Per-option log-likelihoods (not timed): where the two tools would disagree first.
+    print(f"\n{'metric':<16}{'knowpack':>10}{'lm-eval':>10}{'|diff|':>10}{'max |Δ loglik|':>16}")
+    agree = True
+    for metric, docs in (("mmlu", mmlu), ("truthfulqa_mc1", truthfulqa), ("truthfulqa_mc2", truthfulqa)):
+        mine = knowpack_logliks(model, tokenizer, metric, docs)
+        delta = max(abs(a - b) for x, y in zip(mine, reference.logliks[metric]) for a, b in zip(x, y))
+        diff = abs(ours[metric] - reference.scores[metric])
+        agree &= diff <= TOLERANCE
+        print(f"{metric:<16}{ours[metric]:>10.4f}{reference.scores[metric]:>10.4f}{diff:>10.1e}{delta:>16.1e}")
+    print(f"\nscores agree within {TOLERANCE}: {'yes' if agree else 'NO'}")
+    print(f"knowpack {ours_s:.1f} s, lm-eval {reference_s:.1f} s: knowpack is {reference_s / ours_s:.2f}x faster "
+          f"(target >= 3x)")
+    raise SystemExit(0 if agree else 1)
+
+
+if __name__ == "__main__":
+    main()
