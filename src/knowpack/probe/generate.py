@@ -14,10 +14,13 @@ without padding. Rows that hit a stop token leave the batch, so short answers co
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
+
+from knowpack.probe.prefix_attention import prefix_keys_values, shared_prefix_attention, supports_shared_prefix
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,55 @@ def _decode_batch(model, prefix_cache, prefix_len: int, suffixes: list[list[int]
     return outputs
 
 
+def _decode_batch_shared(model, shared_prefix: list, prefix_len: int, suffixes: list[list[int]], stop_ids: set[int],
+                         pad_id: int, settings: DecodeSettings, generator: torch.Generator | None) -> list[list[int]]:
+    """`_decode_batch` with the prefix read through shared-prefix attention: the cache holds only the
+    rows' own tokens, and the masks cover only those ([B, 1, q, own tokens], True = visible)."""
+    from transformers import DynamicCache
+
+    device = model.device
+    batch = len(suffixes)
+    width = max(len(s) for s in suffixes)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)  # [B, width], left-padded
+    own_mask = torch.zeros((batch, width), dtype=torch.bool)
+    position_ids = torch.ones((batch, width), dtype=torch.long)  # pads get a dummy position
+    for row, suffix in enumerate(suffixes):
+        input_ids[row, width - len(suffix):] = torch.tensor(suffix)
+        own_mask[row, width - len(suffix):] = True
+        position_ids[row, width - len(suffix):] = torch.arange(prefix_len, prefix_len + len(suffix))
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    step_mask = own_mask[:, None, None, :] & causal[None, None]  # [B, 1, width, width]
+    cache = DynamicCache()
+    next_position = torch.tensor([prefix_len + len(s) for s in suffixes])
+    alive = torch.arange(batch)
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    step_ids, step_positions = input_ids, position_ids
+    with torch.no_grad():
+        for _ in range(settings.max_new_tokens):
+            out = model(input_ids=step_ids.to(device), attention_mask=step_mask.to(device),
+                        position_ids=step_positions.to(device), past_key_values=cache, use_cache=True,
+                        logits_to_keep=1, shared_prefix=shared_prefix)
+            cache = out.past_key_values
+            tokens = _next_tokens(out.logits[:, -1, :], settings, generator).cpu()  # [B_alive]
+            keep = []
+            for i, token in enumerate(tokens.tolist()):
+                outputs[alive[i]].append(token)
+                if token not in stop_ids:
+                    keep.append(i)
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                index = torch.tensor(keep)
+                cache.batch_select_indices(index.to(device))
+                alive, tokens = alive[index], tokens[index]
+                own_mask, next_position = own_mask[index], next_position[index]
+            own_mask = torch.cat([own_mask, torch.ones((len(alive), 1), dtype=torch.bool)], dim=1)
+            step_mask = own_mask[:, None, None, :]  # one new token per row sees all its own tokens
+            step_ids, step_positions = tokens[:, None], next_position[:, None]
+            next_position = next_position + 1
+    return outputs
+
+
 def _batches(order: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(order), size):
         yield order[start:start + size]
@@ -106,21 +158,30 @@ def _batches(order: list[int], size: int) -> Iterator[list[int]]:
 
 def generate_with_prefix(model, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]], *,
                          stop_ids: set[int], pad_id: int, settings: DecodeSettings,
-                         batch_size: int = 64, progress=None) -> list[list[int]]:
+                         batch_size: int = 64, progress=None, shared_prefix: bool = True) -> list[list[int]]:
     """Decode every suffix after the shared prefix; returns generated ids per suffix (stop token included).
 
     Suffixes are batched by length (long first) so padding stays small; results come back in input order.
     ``progress`` is an optional callable taking the number of suffixes just finished.
+    ``shared_prefix`` reads one copy of the prefix through shared-prefix attention where the model
+    supports it (`prefix_attention`); False copies the prefix cache into every row instead.
     """
     prefix_cache = _encode_prefix(model, prefix_ids)
     generator = torch.Generator().manual_seed(settings.seed) if settings.do_sample else None
     order = sorted(range(len(suffixes)), key=lambda i: -len(suffixes[i]))
     results: list[list[int]] = [[] for _ in suffixes]
-    for chunk in _batches(order, batch_size):
-        decoded = _decode_batch(model, prefix_cache, len(prefix_ids), [list(suffixes[i]) for i in chunk],
-                                stop_ids, pad_id, settings, generator)
-        for i, tokens in zip(chunk, decoded):
-            results[i] = tokens
-        if progress is not None:
-            progress(len(chunk))
+    shared = shared_prefix and prefix_cache is not None and supports_shared_prefix(model)
+    with shared_prefix_attention(model) if shared else nullcontext():
+        for chunk in _batches(order, batch_size):
+            rows = [list(suffixes[i]) for i in chunk]
+            if shared:
+                decoded = _decode_batch_shared(model, prefix_keys_values(prefix_cache), len(prefix_ids), rows,
+                                               stop_ids, pad_id, settings, generator)
+            else:
+                decoded = _decode_batch(model, prefix_cache, len(prefix_ids), rows, stop_ids, pad_id, settings,
+                                        generator)
+            for i, tokens in zip(chunk, decoded):
+                results[i] = tokens
+            if progress is not None:
+                progress(len(chunk))
     return results

@@ -1,0 +1,100 @@
+"""Shared-prefix attention (Hydragen, Juravsky et al. 2024): one copy of the few-shot prefix's keys/values.
+
+In:  query / key / value of the rows being decoded (their own tokens only) and, through the forward
+     call's ``shared_prefix`` keyword, the prefix's per-layer keys and values ``[kv_heads, P, head_dim]``.
+Out: the attention output over [prefix | row's own tokens], as if each row's cache held the prefix.
+
+Why: with the prefix copied into every row's cache, each decoding step reads B copies of it and
+`DynamicCache` re-concatenates all of them; here every step reads the prefix once, as one matrix
+product for all rows (matrix-matrix instead of B matrix-vector products), and the cache holds only
+the rows' own tokens. The two score blocks are joined by one softmax (shared max and denominator), so
+the result is exact up to float rounding.
+
+Registered with transformers' `AttentionInterface` under `NAME`; `shared_prefix_attention(model)` switches
+a model to it for a block and back. Models it does not fit (sliding windows, soft-capping, attention
+without ``layer_idx``) keep the plain path: see `supports_shared_prefix`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+NAME = "knowpack_shared_prefix"
+SUPPORTED_BASES = ("sdpa", "eager")
+
+
+def shared_prefix_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, scaling: float | None = None,
+                          dropout: float = 0.0, shared_prefix=None, **kwargs) -> tuple[torch.Tensor, None]:
+    """query [B, Hq, q, d]; key, value [B, Hkv, S, d]; attention_mask [B, 1, q, S] bool (True = see)."""
+    batch, q_heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = q_heads // kv_heads  # query head h reads kv head h // groups (transformers' repeat_kv order)
+    scaling = dim ** -0.5 if scaling is None else scaling
+    rows = groups * q_len
+    grouped = query.reshape(batch, kv_heads, rows, dim)                      # [B, Hkv, g·q, d]
+    own = grouped @ key.transpose(-1, -2) * scaling                          # [B, Hkv, g·q, S]
+    if attention_mask is not None:
+        see = attention_mask[:, :, None].expand(batch, 1, groups, q_len, key.shape[2]).reshape(batch, 1, rows, -1)
+        own = own.masked_fill(~see, float("-inf"))
+    prefix_keys, prefix_values = shared_prefix[module.layer_idx]             # [Hkv, P, d] each
+    # Every row and query head of a kv head against the prefix in one product: [Hkv, B·g·q, P].
+    flat = grouped.transpose(0, 1).reshape(kv_heads, batch * rows, dim)
+    prefix = (flat @ prefix_keys.transpose(-1, -2) * scaling)
+    top = torch.maximum(prefix.amax(-1).view(kv_heads, batch, rows).transpose(0, 1), own.amax(-1))[..., None]
+    prefix_weights = torch.exp(prefix - top.transpose(0, 1).reshape(kv_heads, batch * rows, 1))
+    own_weights = torch.exp(own - top)                                       # masked positions give 0
+    total = (prefix_weights.sum(-1).view(kv_heads, batch, rows).transpose(0, 1) + own_weights.sum(-1))[..., None]
+    out = (prefix_weights @ prefix_values).view(kv_heads, batch, rows, dim).transpose(0, 1) + own_weights @ value
+    out = (out / total).reshape(batch, q_heads, q_len, dim)
+    return out.transpose(1, 2).contiguous(), None                            # [B, q, Hq, d]
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, shared_prefix_forward)
+
+
+def _causal_lm(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_shared_prefix(model) -> bool:
+    """Plain full attention in every layer: no sliding window, no soft-capping, layers know their index."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    config = _causal_lm(model).config
+    if getattr(config, "_attn_implementation", None) not in SUPPORTED_BASES:
+        return False
+    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "sliding_window", None):
+        return False
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception:
+        return False
+    attention = [m for m in _causal_lm(model).modules() if hasattr(m, "num_key_value_groups")]
+    return (bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+            and len(attention) == len(layers) and all(hasattr(m, "layer_idx") for m in attention))
+
+
+@contextmanager
+def shared_prefix_attention(model) -> Iterator[None]:
+    """Switch the model's attention to `NAME` for the block (then back to what it was)."""
+    causal_lm = _causal_lm(model)
+    previous = causal_lm.config._attn_implementation
+    _register()
+    causal_lm.set_attn_implementation(NAME)
+    try:
+        yield
+    finally:
+        causal_lm.set_attn_implementation(previous)
+
+
+def prefix_keys_values(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values) [Hkv, P, d] of a batch-1 prefix cache."""
+    return [(layer.keys[0], layer.values[0]) for layer in cache.layers]
