@@ -61,6 +61,30 @@ def test_shared_prefix_attention_gives_the_logits_of_full_prompts(tiny_model, sm
         torch.testing.assert_close(logits[row, width - len(suffix):], full, atol=1e-5, rtol=1e-5)
 
 
+def test_continuous_batching_refills_rows_and_changes_no_answer(tiny_model, smollm2_tokenizer):
+    """Rows stop at different steps; freed rows take new questions mid-way; answers as without refilling."""
+    tok = smollm2_tokenizer
+    questions = [f"Question number {i} about {word}?" for i, word in enumerate(
+        ["rivers", "kings", "stars", "cities", "wars", "songs", "trees", "ships", "books"])]
+    prefix, suffixes = build_prompt_sets(tok, 1, 2, seed=0)[0].encode(tok, questions)
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger random weights: varied tokens instead of one repeated newline
+        for name, parameter in tiny_model.named_parameters():
+            if "norm" not in name:
+                parameter.normal_(0, 0.3)
+    settings = DecodeSettings(max_new_tokens=8)
+    free = generate_with_prefix(tiny_model, prefix, suffixes, stop_ids=set(), pad_id=0, settings=settings)
+    stops = {free[0][2], free[2][3], free[6][4]}
+    finished = []
+    shared = generate_with_prefix(tiny_model, prefix, suffixes, stop_ids=stops, pad_id=0, settings=settings,
+                                  batch_size=4, progress=finished.append)
+    plain = generate_with_prefix(tiny_model, prefix, suffixes, stop_ids=stops, pad_id=0, settings=settings,
+                                 batch_size=4, shared_prefix=False)
+    assert shared == plain
+    assert len({len(tokens) for tokens in shared}) > 1  # rows left at different steps
+    assert sum(finished) == len(questions) and len(finished) > 3  # progress per finished row, not per batch
+
+
 def test_models_with_sliding_windows_keep_the_plain_path(smollm2_tokenizer):
     from transformers import MistralConfig, MistralForCausalLM
 
