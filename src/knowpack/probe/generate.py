@@ -53,21 +53,28 @@ def _next_tokens(logits: torch.Tensor, settings: DecodeSettings, generator: torc
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
+def _left_padded(suffixes: list[list[int]], prefix_len: int, pad_id: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B, width] input ids left-padded so every row's last token sits in the last column, the mask of
+    real tokens (bool) and position ids continuing after the prefix (pads get a dummy position)."""
+    batch, width = len(suffixes), max(len(s) for s in suffixes)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    real = torch.zeros((batch, width), dtype=torch.bool)
+    position_ids = torch.ones((batch, width), dtype=torch.long)
+    for row, suffix in enumerate(suffixes):
+        input_ids[row, width - len(suffix):] = torch.tensor(suffix)
+        real[row, width - len(suffix):] = True
+        position_ids[row, width - len(suffix):] = torch.arange(prefix_len, prefix_len + len(suffix))
+    return input_ids, real, position_ids
+
+
 def _decode_batch(model, prefix_cache, prefix_len: int, suffixes: list[list[int]], stop_ids: set[int],
                   pad_id: int, settings: DecodeSettings, generator: torch.Generator | None) -> list[list[int]]:
     device = model.device
     batch = len(suffixes)
-    width = max(len(s) for s in suffixes)
-    # input_ids: [B, width], left-padded so every row's last token sits in the last column.
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    suffix_mask = torch.zeros((batch, width), dtype=torch.long)
-    position_ids = torch.ones((batch, width), dtype=torch.long)  # pads get a dummy position
-    for row, suffix in enumerate(suffixes):
-        input_ids[row, width - len(suffix):] = torch.tensor(suffix)
-        suffix_mask[row, width - len(suffix):] = 1
-        position_ids[row, width - len(suffix):] = torch.arange(prefix_len, prefix_len + len(suffix))
+    input_ids, suffix_mask, position_ids = _left_padded(suffixes, prefix_len, pad_id)
     # attention_mask covers [prefix | suffix]: [B, prefix_len + width].
-    attention_mask = torch.cat([torch.ones((batch, prefix_len), dtype=torch.long), suffix_mask], dim=1)
+    attention_mask = torch.cat([torch.ones((batch, prefix_len), dtype=torch.long), suffix_mask.long()], dim=1)
     cache = None
     if prefix_cache is not None:
         cache = copy.deepcopy(prefix_cache)
@@ -117,13 +124,7 @@ def _prefill(model, shared_prefix: list, prefix_len: int, suffixes: list[list[in
     from transformers import DynamicCache
 
     batch, width = len(suffixes), max(len(s) for s in suffixes)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)  # [B, width], left-padded
-    own_mask = torch.zeros((batch, width), dtype=torch.bool)
-    position_ids = torch.ones((batch, width), dtype=torch.long)  # pads get a dummy position
-    for row, suffix in enumerate(suffixes):
-        input_ids[row, width - len(suffix):] = torch.tensor(suffix)
-        own_mask[row, width - len(suffix):] = True
-        position_ids[row, width - len(suffix):] = torch.arange(prefix_len, prefix_len + len(suffix))
+    input_ids, own_mask, position_ids = _left_padded(suffixes, prefix_len, pad_id)
     mask = own_mask[:, None, None, :] & torch.ones((width, width), dtype=torch.bool).tril()  # [B, 1, width, width]
     logits, cache = _run(model, input_ids, mask, position_ids, DynamicCache(), shared_prefix)
     next_position = torch.tensor([prefix_len + len(s) for s in suffixes])
