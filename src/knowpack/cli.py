@@ -274,10 +274,20 @@ def sweep(config: Annotated[str, typer.Option("--config", "-c", help="sweep YAML
           executor: Annotated[str, typer.Option(help="local (worker processes) or ray")] = "local",
           address: Annotated[Optional[str], typer.Option(help="ray: an existing cluster, HOST:PORT or auto; default: start a local Ray")] = None,
           connect_timeout: Annotated[float, typer.Option(help="ray: seconds to wait for --address to answer")] = 10.0,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="check the sweep file and list its runs; run nothing")] = False,
           quiet: QuietOpt = False) -> None:
     """Run a grid of configurations in parallel; one results table (results.parquet) with config fields + metrics."""
-    from knowpack.sweep import run_sweep
+    from knowpack.sweep import plan_sweep, run_sweep
 
+    if dry_run:
+        planned = plan_sweep(config)
+        table = Table(title=f"{config}: {len(planned)} runs")
+        table.add_column("run")
+        table.add_column("grid point")
+        for run_id, point in planned:
+            table.add_row(run_id, ", ".join(f"{k}={v}" for k, v in point.items()))
+        Console().print(table)
+        return
     table = run_sweep(config, out, workers=workers, executor=executor, address=address,
                       connect_timeout=connect_timeout, progress=not quiet, console=console)
     typer.echo(str(table))

@@ -80,3 +80,11 @@ def test_cli_errors_for_sweeps_are_one_line(run_cli, tmp_path):
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_dry_run_lists_the_runs_of_a_shipped_sweep(run_cli, tmp_path):
+    result = run_cli("sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "s"), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "reproduce-cpu: 36 runs" in result.stdout
+    assert "mixture.known_per_fact=1, mixture.n_unknown=100, mixture.seed=10824, train.seed=10824" in result.stdout
+    assert not (tmp_path / "s").exists()

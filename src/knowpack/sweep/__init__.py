@@ -30,7 +30,7 @@ from knowpack.sweep.results import (IN_USE, LOG, RESULTS, SCHEMA_VERSION, TASK, 
 from knowpack.sweep.spec import SweepConfig, expand_grid, load_sweep, resolve_points, shipped_sweeps, sweep_path
 
 __all__ = ["RESULTS", "SCHEMA_VERSION", "SweepConfig", "SweepRunsFailed", "expand_grid", "flatten_metrics",
-           "load_results", "load_sweep", "read_results", "run_sweep", "shipped_sweeps"]
+           "load_results", "load_sweep", "plan_sweep", "read_results", "run_sweep", "shipped_sweeps"]
 
 
 class SweepRunsFailed(KnowpackError):
@@ -67,6 +67,15 @@ def _why_it_ended(code: int, note: str) -> str:
         except ValueError:
             return f"worker died: signal {-code}"
     return f"worker exited with code {code} without recording a status"
+
+
+def plan_sweep(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(run id, grid point) of every distinct run a sweep file asks for; validates it, runs nothing."""
+    path = sweep_path(path)
+    planned: dict[str, dict[str, Any]] = {}
+    for point, config in resolve_points(load_sweep(path), path):
+        planned.setdefault(fingerprint(config.model_dump(mode="json"))[:10], point)
+    return list(planned.items())
 
 
 def run_sweep(path: str | Path, out: str | Path, *, workers: int = 1, executor: str = "local",
