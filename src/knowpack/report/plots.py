@@ -48,6 +48,11 @@ def _text(label: object) -> str:
     return str(label) if str(label).strip() else "(empty)"
 
 
+def _tick(label: object) -> str:
+    """A category tick label: one line per "field=value" part, so long configuration names stay readable."""
+    return _text(label).replace(", ", "\n")
+
+
 def _png(figure, caption: str) -> Figure:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -104,8 +109,7 @@ def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], ylab
     for i, (name, values) in enumerate(series.items()):
         axes.bar(positions + (i - (len(series) - 1) / 2) * width, values, width, label=name,
                  yerr=(errors or {}).get(name), capsize=3)
-    axes.set_xticks(positions, [_text(g) for g in groups], rotation=20 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center",
-                    fontsize=8)
+    axes.set_xticks(positions, [_tick(g) for g in groups], fontsize=7 if len(groups) > 4 else 8)
     axes.set_ylabel(ylabel)
     axes.axhline(0, color="black", linewidth=0.8)
     axes.grid(alpha=0.3, axis="y")
@@ -116,12 +120,13 @@ def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], ylab
 def stacked_shares(groups: Sequence[str], shares: dict[str, Sequence[float]], ylabel: str, caption: str) -> Figure:
     figure, axes = _figure()
     bottom = np.zeros(len(groups))
+    positions = np.arange(len(groups))
     for name, values in shares.items():
-        axes.bar(groups, values, bottom=bottom, label=name)
+        axes.bar(positions, values, bottom=bottom, label=name)
         bottom += np.asarray(values, float)
     axes.set_ylabel(ylabel)
     axes.set_ylim(0, 1)
-    axes.tick_params(axis="x", labelrotation=20 if len(groups) > 3 else 0, labelsize=8)
+    axes.set_xticks(positions, [_tick(g) for g in groups], fontsize=7 if len(groups) > 4 else 8)
     axes.legend(fontsize=8)
     return _png(figure, caption)
 

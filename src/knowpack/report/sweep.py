@@ -34,9 +34,12 @@ def _is_seed(column: str) -> bool:
 
 
 def _labels(table: pd.DataFrame, fields: list[str]) -> pd.Series:
+    """``n_unknown=10, known_per_fact=1``: each field by its last name, or its dotted name where two share one."""
     if not fields:
         return pd.Series(["all runs"] * len(table), index=table.index)
-    return table.apply(lambda r: ", ".join(f"{f.removeprefix('config.')}={r[f]}" for f in fields), axis=1)
+    last = [f.rsplit(".", 1)[-1] for f in fields]
+    names = [short if last.count(short) == 1 else f.removeprefix("config.") for f, short in zip(fields, last)]
+    return table.apply(lambda r: ", ".join(f"{name}={r[f]}" for name, f in zip(names, fields)), axis=1)
 
 
 def _mean_sd(frame: pd.DataFrame, by: str, metric: str) -> pd.DataFrame:
