@@ -149,6 +149,9 @@ def test_sweep_report_aggregates_runs_and_shows_the_laws(tiny_run, tmp_path):
     text = markdown.read_text()
     assert "12 done, 1 failed" in text and "worker died: killed by signal SIGKILL" in text
     assert "capacity at reliability ≥ 0.95 (mixture.known_per_fact=0)" in text
+    # reliability = 1 / (1 + (N/30)^1.2) reaches 0.95 at N ≈ 2.6, and the figure draws that curve
+    capacity = re.search(r"\| known_per_fact=0 \| ([\d.]+) \[[\d.]+, [\d.]+\] \| 1 \|", text)
+    assert capacity and float(capacity.group(1)) == pytest.approx(30 * (1 / 0.95 - 1) ** (1 / 1.2), rel=0.3)
     assert "Pareto front: reliability vs negative shift" in text
     seen = render(page, tmp_path)
     assert seen["sections"] == ["summary", "reliability", "shift", "answers", "benchmarks", "forgetting",

@@ -207,6 +207,11 @@ def _is_seed(column: str) -> bool:
     return column.endswith(".seed")
 
 
+def _plain(value: Any) -> Any:
+    """A table cell as a JSON value (numpy scalars to Python ones)."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def _label(row: pd.Series, fields: list[str]) -> str:
     return ", ".join(f"{f.removeprefix('config.')}={row[f]}" for f in fields) or "all runs"
 
@@ -258,7 +263,9 @@ def fit_laws(table: pd.DataFrame, target: float = 0.95, bootstrap: int = 500, se
         n, reliability = _numbers(group, N_FIELD, "reliability")
         entry = _attempt(lambda: capacity_estimate(n, reliability, target, bootstrap, seed), n, reliability,
                          (N_FIELD, "reliability"))
-        laws["capacity"].append({"group": _label(group.iloc[0], fields), **entry})
+        laws["capacity"].append({"group": _label(group.iloc[0], fields),
+                                 "fields": {f.removeprefix("config."): _plain(group.iloc[0][f]) for f in fields},
+                                 **entry})
     means = configurations(done)
     for cost, key in (("shift.negative", "reliability_vs_negative_shift"), (FORGETTING, "reliability_vs_forgetting")):
         if {"reliability", cost} <= set(means.columns):

@@ -45,11 +45,19 @@ def _labels(table: pd.DataFrame, fields: list[str]) -> pd.Series:
 def _mean_sd(frame: pd.DataFrame, by: str, metric: str) -> pd.DataFrame:
     values = pd.to_numeric(frame[metric], errors="coerce") if metric in frame else pd.Series(np.nan, index=frame.index)
     grouped = values.groupby(frame[by], sort=False)
-    return pd.DataFrame({"mean": grouped.mean(), "sd": grouped.std().fillna(0.0), "runs": grouped.count()})
+    return pd.DataFrame({"mean": grouped.mean(), "sd": grouped.std(), "runs": grouped.count()})
 
 
 def _pm(mean: float, sd: float) -> str:
-    return "—" if pd.isna(mean) else f"{mean:.3f} ± {sd:.3f}"
+    """``mean ± sd``; just the mean for one run (no spread to show)."""
+    if pd.isna(mean):
+        return "—"
+    return f"{mean:.3f}" if pd.isna(sd) else f"{mean:.3f} ± {sd:.3f}"
+
+
+def _mean_pm(values: pd.Series) -> str:
+    numbers = pd.to_numeric(values, errors="coerce")
+    return _pm(numbers.mean(), numbers.std())
 
 
 def _metrics(sweep_dir: Path, done: pd.DataFrame) -> dict[str, dict]:
@@ -67,7 +75,7 @@ def _versus_n(done: pd.DataFrame, metric: str) -> dict[str, tuple[list, list, li
         stats = _mean_sd(group, N_FIELD, metric).sort_index()
         stats = stats[stats["runs"] > 0]
         if len(stats):
-            series[name] = (list(stats.index.astype(float)), list(stats["mean"]), list(stats["sd"]))
+            series[name] = (list(stats.index.astype(float)), list(stats["mean"]), list(stats["sd"].fillna(0.0)))
     return series
 
 
@@ -81,8 +89,7 @@ def _summary(table: pd.DataFrame, done: pd.DataFrame, sweep_dir: Path) -> Sectio
     rows = []
     for label in done["configuration"].unique():
         group = done[done["configuration"] == label]
-        rows.append([label, len(group), *(_pm(pd.to_numeric(group[m]).mean(), pd.to_numeric(group[m]).std() or 0.0)
-                                            for m, _ in columns)])
+        rows.append([label, len(group), *(_mean_pm(group[m]) for m, _ in columns)])
     text += md_table(["configuration", "runs", *(name for _, name in columns)], rows) if rows else "No finished run yet."
     failed = table[table["status"] == "failed"]
     if len(failed):
@@ -93,16 +100,30 @@ def _summary(table: pd.DataFrame, done: pd.DataFrame, sweep_dir: Path) -> Sectio
 
 def _reliability(done: pd.DataFrame, metrics: dict[str, dict], laws: dict) -> Section:
     series = _versus_n(done, "reliability")
-    curves = {}
+    curves, capacities = {}, []
     for entry in laws.get("capacity", []):
-        if "error" not in entry and entry["group"] in series:
-            top, n50, k = (entry["params"][p]["value"] for p in ("top", "n50", "k"))
-            xs = np.geomspace(min(series[entry["group"]][0]), max(series[entry["group"]][0]), 100)
-            curves[f"fit: {entry['group']}"] = (xs, reliability_curve(xs, top, n50, k))
-    rows = [[name, int(n), _pm(m, s)] for name, (ns, means, sds) in series.items() for n, m, s in zip(ns, means, sds)]
-    section = Section("reliability", "Reliability vs N and by epoch",
-                      "Reliability (share of trained fact × prompt answers correct) by number of Unknown facts N:\n\n"
-                      + md_table(["mixture", "N", "reliability"], rows))
+        rows = done
+        for field, value in entry.get("fields", {}).items():
+            rows = rows[rows[f"config.{field}"].astype(str) == str(value)]
+        if "error" in entry or rows.empty or rows["series"].iloc[0] not in series:
+            continue
+        name = rows["series"].iloc[0]
+        top, n50, k = (entry["params"][p]["value"] for p in ("top", "n50", "k"))
+        xs = np.geomspace(min(series[name][0]), max(series[name][0]), 100)
+        curves[f"fit: {name}"] = (xs, reliability_curve(xs, top, n50, k))
+        interval = entry["capacity_ci95"]
+        capacities.append([name, f"{entry['capacity']:.3g}" + (f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else ""),
+                           "—" if entry["capacity_observed"] is None else f"{entry['capacity_observed']:g}"])
+    table = done.assign(n=pd.to_numeric(done[N_FIELD]))
+    rows = [[name, int(n), _mean_pm(group["reliability"])]
+            for (name, n), group in table.groupby(["series", "n"], sort=False)]
+    text = ("Reliability (share of trained fact × prompt answers correct) by number of Unknown facts N:\n\n"
+            + md_table(["mixture", "N", "reliability"], rows))
+    if capacities:
+        text += (f"\n\nCapacity: the largest N whose fitted reliability stays ≥ {laws['target']:g} (95% bootstrap "
+                 "interval), and the largest tested N whose mean stays there (dashed curves in the figure):\n\n"
+                 + md_table(["mixture", "fitted capacity N*", "largest tested N"], capacities))
+    section = Section("reliability", "Reliability vs N and by epoch", text)
     if series and len(series) <= MAX_LINES:
         section.figures.append(plots.lines(series, N_LABEL, "reliability (share correct)",
                                            "Reliability vs N (mean ± sd over seeds; dashed: fitted curve)", logx=True,
@@ -128,8 +149,7 @@ def _shift(done: pd.DataFrame, metrics: dict[str, dict]) -> Section:
     rows = []
     for label in done["configuration"].unique():
         group = done[done["configuration"] == label]
-        rows.append([label, _pm(group["shift.positive"].mean(), group["shift.positive"].std() or 0.0),
-                     _pm(group["shift.negative"].mean(), group["shift.negative"].std() or 0.0)])
+        rows.append([label, _mean_pm(group["shift.positive"]), _mean_pm(group["shift.negative"])])
     section.text = md_table(["configuration", "positive shift", "negative shift"], rows)
     for metric, name in (("shift.positive", "Positive"), ("shift.negative", "Negative")):
         series = _versus_n(done, metric)
@@ -192,8 +212,8 @@ def _benchmarks(done: pd.DataFrame) -> Section | None:
     means, errors, rows = {}, {}, []
     for name in names:
         delta = pd.to_numeric(done[f"benchmarks.{name}"]) - pd.to_numeric(done[f"benchmarks_base.{name}"])
-        stats = delta.groupby(done["configuration"], sort=False).agg(["mean", "std"]).reindex(labels).fillna(0.0)
-        means[name], errors[name] = list(stats["mean"]), list(stats["std"])
+        stats = delta.groupby(done["configuration"], sort=False).agg(["mean", "std"]).reindex(labels)
+        means[name], errors[name] = list(stats["mean"]), list(stats["std"].fillna(0.0))
         rows += [[label, name, _pm(m, s)] for label, m, s in zip(labels, stats["mean"], stats["std"])]
     return Section("benchmarks", "Benchmark deltas", "Accuracy after minus accuracy of the base model:\n\n"
                    + md_table(["configuration", "benchmark", "delta (mean ± sd)"], rows), [
@@ -210,8 +230,7 @@ def _per_configuration(done: pd.DataFrame, key: str, title: str, metrics: list[t
     rows = []
     for label in labels:
         group = done[done["configuration"] == label]
-        rows.append([label, *(_pm(pd.to_numeric(group[m]).mean(), pd.to_numeric(group[m]).std() or 0.0)
-                              for m, _ in metrics)])
+        rows.append([label, *(_mean_pm(group[m]) for m, _ in metrics)])
     return Section(key, title, intro + "\n\n" + md_table(["configuration", *(n for _, n in metrics)], rows))
 
 
