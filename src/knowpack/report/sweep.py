@@ -172,7 +172,16 @@ def _shift(done: pd.DataFrame, metrics: dict[str, dict]) -> Section:
     return section
 
 
-def _answers(metrics: dict[str, dict]) -> Section:
+def _base_answers(sweep_dir: Path, top: int = 15) -> list[tuple[str, int]]:
+    """Most frequent greedy answers of the base model over the facts probed in ``shared/`` (before training)."""
+    counts: Counter = Counter()
+    for table in sorted((sweep_dir / "shared").glob("*/probe_before.parquet")):
+        rows = pd.read_parquet(table, columns=["sample", "answer"])
+        counts.update(a.lower() for a in rows.loc[rows["sample"] == 0, "answer"])
+    return counts.most_common(top)
+
+
+def _answers(metrics: dict[str, dict], sweep_dir: Path) -> Section:
     top: Counter = Counter()
     exploded: dict[str, list[int]] = {}
     reasons = {"positive": Counter(), "negative": Counter()}
@@ -183,8 +192,12 @@ def _answers(metrics: dict[str, dict]) -> Section:
             exploded.setdefault(answer, []).append(after)
         for direction in reasons:
             reasons[direction].update(m.get("shift_reasons", {}).get(direction, {}))
-    text = ("Most frequent greedy answers on held-out facts after training, summed over runs:\n\n"
-            + md_table(["answer", "count"], top.most_common(15)))
+    before, after = _base_answers(sweep_dir), top.most_common(15)
+    rows = [[i + 1, *(before[i] if i < len(before) else ["", ""]), *(after[i] if i < len(after) else ["", ""])]
+            for i in range(max(len(before), len(after)))]
+    text = ("Most frequent greedy answers: before training (base model, every fact probed once in shared/) and "
+            "after training (held-out facts, summed over runs):\n\n"
+            + md_table(["rank", "before", "count", "after", "count"], rows))
     text += "\n\nExploded answers (in how many runs, and how often after training in total):\n\n" + (
         md_table(["answer", "runs", "count after"],
                  [[a, len(v), sum(v)] for a, v in sorted(exploded.items(), key=lambda kv: -len(kv[1]))[:15]])
@@ -287,7 +300,7 @@ def sweep_sections(table: pd.DataFrame, sweep_dir: Path, target: float = 0.95) -
              "Figures are in report.html.")
     sections = [_summary(table, done, sweep_dir)]
     if len(done):
-        sections += [_reliability(done, metrics, laws), _shift(done, metrics), _answers(metrics)]
+        sections += [_reliability(done, metrics, laws), _shift(done, metrics), _answers(metrics, sweep_dir)]
         optional = [
             _benchmarks(done),
             _per_configuration(done, "forgetting", "Forgetting on held-out text",
