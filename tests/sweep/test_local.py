@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import knowpack_process, knowpack_run
+from sweep_helpers import knowpack_process, knowpack_run, tiny_sweep  # noqa: F401 (tiny_sweep is a fixture)
 from knowpack.sweep.results import read_results
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import knowpack_run
+from sweep_helpers import knowpack_run, tiny_sweep  # noqa: F401 (tiny_sweep is a fixture)
 from knowpack.sweep.results import read_results
 
 

@@ -1,4 +1,7 @@
-"""Sweep fixtures: a sweep file over the tiny random-weight model, and a runner for the real CLI process."""
+"""Sweep test helpers: a sweep file over the tiny random-weight model, and a runner for the real CLI process.
+
+Not a conftest.py: a second ``conftest`` module would shadow ``tests/conftest.py`` for tests that import it.
+"""
 
 from __future__ import annotations
 
