@@ -116,11 +116,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(sweep: SweepConfig, path: Path, points: list[tuple[dict[str, Any], RunConfig]], out: Path, pool,
-         progress: bool, console: Console) -> Path:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    RunDir(out).write_text("sweep.yaml", path.read_text(encoding="utf-8"))
+def _layout(points: list[tuple[dict[str, Any], RunConfig]], out: Path,
+            console: Console) -> tuple[dict[str, Path], dict[Path, tuple[dict[str, Any], str]]]:
+    """Task files for the shared base probes and the runs: ({base key: dir}, {run dir: (grid point, base key)})."""
     shared: dict[str, Path] = {}
     runs: dict[Path, tuple[dict[str, Any], str]] = {}
     for point, config in points:
@@ -136,6 +134,15 @@ def _run(sweep: SweepConfig, path: Path, points: list[tuple[dict[str, Any], RunC
         _write_task(run_dir, point, config, "report", [shared[key]])
         runs[run_dir] = (point, key)
     RunDir(out).write_json("sweep.json", {"runs": [p.name for p in runs]})
+    return shared, runs
+
+
+def _run(sweep: SweepConfig, path: Path, points: list[tuple[dict[str, Any], RunConfig]], out: Path, pool,
+         progress: bool, console: Console) -> Path:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    RunDir(out).write_text("sweep.yaml", path.read_text(encoding="utf-8"))
+    shared, runs = _layout(points, out, console)
     write_results(out, collect_rows(out, list(runs)))
 
     todo = [d for d in runs if read_status(d).get("status") != "done" or not (d / "metrics.json").is_file()]
