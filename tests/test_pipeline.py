@@ -1,14 +1,12 @@
-"""The whole recipe on a tiny random-weight model: every artifact, reuse on re-run, sweeps."""
+"""The whole recipe on a tiny random-weight model: every artifact, reuse on re-run (sweeps: tests/sweep)."""
 
 import json
 
-import pandas as pd
 import yaml
 from rich.console import Console
 
 from knowpack.config import load_config
 from knowpack.pipeline import run_pipeline
-from knowpack.sweep import expand_grid, run_sweep
 
 ARTIFACTS = ["config.yaml", "facts.jsonl", "probe_before.parquet", "categories_before.parquet", "train_set.jsonl",
              "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "probe_after.parquet",
@@ -46,23 +44,6 @@ def test_run_writes_every_artifact_and_reuses_stages(tiny_model_dir, tmp_path):
     run_pipeline(changed, run_dir, progress=False, console=console)
     text = console.export_text()
     assert "✓ probe_after: reused" in text and "▶ evaluate" in text
-
-
-def test_sweep_shares_the_base_probe(tiny_model_dir, tmp_path):
-    assert expand_grid({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
-    spec = tmp_path / "sweep.yaml"
-    base = {}
-    for item in tiny_overrides(tiny_model_dir):
-        key, value = item.split("=", 1)
-        section, field = key.split(".")
-        base.setdefault(section, {})[field] = yaml.safe_load(value)
-    spec.write_text(yaml.safe_dump({"preset": "smoke", "base": base, "grid": {"mixture.n_unknown": [2, 3]}}))
-    console = Console(record=True, width=200)
-    table = pd.read_parquet(run_sweep(spec, tmp_path / "sweep", progress=False, console=console))
-    assert table["mixture.n_unknown"].tolist() == [2, 3]
-    assert table["n_trained_facts"].tolist() == [2, 3]
-    assert "reliability" in table.columns and "shift.negative" in table.columns
-    assert "✓ probe_before: reused from" in console.export_text()
 
 
 def test_an_edited_facts_file_is_read_again(tmp_path):

@@ -259,25 +259,54 @@ def token_shift_command(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")]) -> None:
-    """Write report.md and report.html for a run directory."""
-    from knowpack.report import write_report
+def report(run_dir: Annotated[Path, typer.Argument(help="a finished run directory or a sweep directory")]) -> None:
+    """Write report.md and a self-contained report.html (with figures) for a run or a sweep directory."""
+    from knowpack.report import write_any_report
 
-    if not (run_dir / "metrics.json").is_file():
-        raise KnowpackError(f"{run_dir}: no metrics.json; finish the run first (knowpack run --out {run_dir})")
-    md, page = write_report(run_dir)
+    md, page = write_any_report(run_dir)
     typer.echo(f"{md}\n{page}")
 
 
 @app.command()
-def sweep(config: Annotated[Path, typer.Option("--config", "-c", help="sweep YAML: base + grid")],
+def sweep(config: Annotated[str, typer.Option("--config", "-c", help="sweep YAML, or a shipped one: reproduce-cpu, reproduce-paper")],
           out: Annotated[Path, typer.Option("--out", "-o", help="sweep directory")] = Path("runs/sweep"),
+          workers: Annotated[int, typer.Option("--workers", "-w", help="runs in parallel (one process each)")] = 1,
+          executor: Annotated[str, typer.Option(help="local (worker processes) or ray")] = "local",
+          address: Annotated[Optional[str], typer.Option(help="ray: an existing cluster, HOST:PORT or auto; default: start a local Ray")] = None,
+          connect_timeout: Annotated[float, typer.Option(help="ray: seconds to wait for --address to answer")] = 10.0,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="check the sweep file and list its runs; run nothing")] = False,
           quiet: QuietOpt = False) -> None:
-    """Run a grid of configurations; one results table (results.parquet) with config fields + metrics."""
-    from knowpack.sweep import run_sweep
+    """Run a grid of configurations in parallel; one results table (results.parquet) with config fields + metrics."""
+    from knowpack.sweep import plan_sweep, run_sweep
 
-    table = run_sweep(config, out, progress=not quiet, console=console)
+    if dry_run:
+        planned = plan_sweep(config)
+        table = Table(title=f"{config}: {len(planned)} runs")
+        table.add_column("run")
+        table.add_column("grid point")
+        for run_id, point in planned:
+            table.add_row(run_id, ", ".join(f"{k}={v}" for k, v in point.items()))
+        Console().print(table)
+        return
+    table = run_sweep(config, out, workers=workers, executor=executor, address=address,
+                      connect_timeout=connect_timeout, progress=not quiet, console=console)
     typer.echo(str(table))
+
+
+@app.command()
+def laws(source: Annotated[Path, typer.Argument(help="a sweep directory or its results.parquet")],
+         target: Annotated[float, typer.Option(help="reliability the capacity estimate must keep")] = 0.95,
+         bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for the capacity interval")] = 500,
+         seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+         out: Annotated[Optional[Path], typer.Option("--out", "-o", help="laws.json to write (default: beside the table)")] = None,
+         ) -> None:
+    """Fit forgetting laws, reliability vs N (capacity at --target) and Pareto fronts; writes laws.json."""
+    from knowpack.laws import write_laws
+    from knowpack.laws.show import laws_table
+
+    fitted, path = write_laws(source, target, bootstrap, seed, out)
+    Console().print(laws_table(fitted))
+    typer.echo(str(path))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -294,7 +323,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except KnowpackError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # a message may hold brackets, e.g. pip install 'knowpack[ray]'
+
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except typer.Abort:
         console.print("aborted")

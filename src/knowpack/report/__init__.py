@@ -1,98 +1,37 @@
-"""Report stage: a readable summary of one run.
+"""Report stage: a readable summary of one run or of a whole sweep.
 
-In:  a run directory with ``metrics.json`` and ``config.yaml``.
-Out: ``report.md`` and a self-contained ``report.html`` (no external assets) in the same directory.
+In:  a run directory (``metrics.json``, ``config.yaml``) or a sweep directory (``results.parquet`` and
+     ``runs/*/``, see `knowpack.sweep`).
+Out: ``report.md`` and a self-contained ``report.html`` (figures as embedded PNG, inline style, no
+     external asset) in that directory. A run's report has a section for every part of its metrics
+     (`knowpack.report.run`); a sweep's report aggregates over seeds and shows the fitted laws
+     (`knowpack.report.sweep`).
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import yaml
 
-from knowpack.probe.categories import CATEGORIES
+from knowpack.errors import KnowpackError
+from knowpack.report.page import render_html, render_markdown_page
+from knowpack.report.run import run_sections, summary_rows
 from knowpack.rundir import RunDir
 
-__all__ = ["render_markdown", "summary_rows", "write_report"]
+__all__ = ["render_markdown", "summary_rows", "write_any_report", "write_report", "write_sweep_report"]
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
+def _run_intro(metrics: dict, config: dict) -> str:
+    if "adapter" in metrics:
+        return f"Adapter `{metrics['adapter']}` on model `{config['model']['name']}`, {metrics.get('n_heldout_facts')} facts probed."
+    return (f"Model `{config['model']['name']}`, {metrics.get('n_trained_facts')} Unknown facts trained, "
+            f"{metrics.get('n_heldout_facts')} held-out facts re-probed. Figures are in report.html.")
 
 
-def summary_rows(metrics: dict) -> list[tuple[str, str]]:
-    """The headline numbers, shared by the CLI summary table and the report."""
-    rows = [("reliability (trained facts)", _fmt(metrics.get("reliability"))),
-            ("generalization (unseen paraphrases)", _fmt(metrics.get("generalization"))),
-            ("positive shift (held-out)", _fmt(metrics["shift"]["positive"])),
-            ("negative shift (held-out)", _fmt(metrics["shift"]["negative"]))]
-    for name, after in metrics.get("benchmarks", {}).items():
-        base = metrics.get("benchmarks_base", {}).get(name)
-        delta = f" ({after - base:+.3f})" if base is not None else ""
-        rows.append((f"{name} base → after", f"{_fmt(base)} → {_fmt(after)}{delta}"))
-    forgetting = metrics.get("forgetting")
-    if forgetting:
-        rows.append(("KL to base on held-out text (nats/token)", f"{forgetting['kl_to_base']:.4f}"))
-        rows.append(("perplexity base → after", f"{forgetting['perplexity_base']:.2f} → "
-                                                f"{forgetting['perplexity_after']:.2f}"))
-    shift = metrics.get("token_shift")
-    if shift:
-        rows.append(("tokens unshifted / marginal / shifted",
-                     f"{shift['unshifted']:.2f} / {shift['marginal']:.2f} / {shift['shifted']:.2f}"))
-    train = metrics.get("train")
-    if train:  # absent when an outside adapter was evaluated (knowpack eval --adapter)
-        rows.append(("train tokens/s", f"{train.get('tokens_per_s', 0):.0f}"))
-        rows.append(("train seconds", f"{train.get('seconds', 0):.1f}"))
-    return rows
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def render_markdown(metrics: dict, config: dict) -> str:
-    transitions = metrics["shift"]["transitions"]
-    parts = [
-        f"# knowpack run report\n\nModel `{config['model']['name']}`, {metrics.get('n_trained_facts')} Unknown "
-        f"facts trained, {metrics.get('n_heldout_facts')} held-out facts re-probed.",
-        "## Summary\n\n" + _table(["metric", "value"], [list(r) for r in summary_rows(metrics)]),
-        "## Reliability by epoch\n\nGreedy answers of the trained facts with the first prompt set after each "
-        "epoch.\n\n" + _table(["epoch", "reliability"],
-                              [[str(i + 1), _fmt(v)] for i, v in enumerate(metrics.get("reliability_by_epoch", []))]),
-        "## Knowledge shift on held-out facts\n\nRows: category before training; columns: after.\n\n"
-        + _table(["before \\ after", *CATEGORIES],
-                 [[old, *(str(transitions[old][new]) for new in CATEGORIES)] for old in CATEGORIES]),
-        "## Answers (held-out facts, greedy)\n\n" + _table(
-            ["", "before", "after"],
-            [["refusals", _fmt(metrics["answers"]["refusals_before"]), _fmt(metrics["answers"]["refusals_after"])],
-             ["unique answers", _fmt(metrics["answers"]["unique_before"]), _fmt(metrics["answers"]["unique_after"])]])
-        + "\n\nMost frequent answers after training: "
-        + ", ".join(f"{a!r} ×{n}" for a, n in metrics["answers"]["top_after"]),
-        "## Training\n\n" + _table(["", "value"], [[k, _fmt(v)] for k, v in metrics.get("train", {}).items()]),
-        "## Configuration\n\n```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```",
-    ]
-    return "\n\n".join(parts) + "\n"
-
-
-_STYLE = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
-          "pre{background:#f5f5f5;padding:1em;overflow:auto}")
-
-
-def markdown_to_html(text: str, title: str = "knowpack report") -> str:
-    """A self-contained HTML page (inline style, no external assets) from the report's Markdown."""
-    import markdown
-
-    body = markdown.markdown(text, extensions=["tables", "fenced_code"])
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n")
+def render_markdown(metrics: dict, config: dict, run_dir: Path | None = None) -> str:
+    """The run report as Markdown (tables; figures are named and live in report.html)."""
+    return render_markdown_page("knowpack run report", _run_intro(metrics, config), run_sections(metrics, config, run_dir))
 
 
 def write_report(run: RunDir | str | Path) -> tuple[Path, Path]:
@@ -100,5 +39,32 @@ def write_report(run: RunDir | str | Path) -> tuple[Path, Path]:
     run = run if isinstance(run, RunDir) else RunDir(run)
     metrics = run.read_json("metrics.json")
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    markdown = render_markdown(metrics, config)
-    return run.write_text("report.md", markdown), run.write_text("report.html", markdown_to_html(markdown))
+    sections = run_sections(metrics, config, run.path)
+    intro = _run_intro(metrics, config)
+    return (run.write_text("report.md", render_markdown_page("knowpack run report", intro, sections)),
+            run.write_text("report.html", render_html("knowpack run report", intro, sections)))
+
+
+def write_sweep_report(sweep_dir: str | Path, target: float = 0.95) -> tuple[Path, Path]:
+    """Write report.md and report.html for a sweep directory; returns their paths."""
+    from knowpack.report.sweep import sweep_sections
+    from knowpack.sweep.results import load_results
+
+    table, _ = load_results(sweep_dir)
+    run = RunDir(sweep_dir)
+    intro, sections = sweep_sections(table, Path(sweep_dir), target)
+    return (run.write_text("report.md", render_markdown_page("knowpack sweep report", intro, sections)),
+            run.write_text("report.html", render_html("knowpack sweep report", intro, sections)))
+
+
+def write_any_report(path: str | Path) -> tuple[Path, Path]:
+    """A run directory (has metrics.json) or a sweep directory (has results.parquet or runs/)."""
+    path = Path(path)
+    if (path / "metrics.json").is_file():
+        return write_report(path)
+    if (path / "results.parquet").is_file() or (path / "sweep.json").is_file():
+        return write_sweep_report(path)
+    if (path / "config.yaml").is_file():
+        raise KnowpackError(f"{path}: no metrics.json; finish the run first (knowpack run --out {path})")
+    raise KnowpackError(f"{path}: no metrics.json and no results.parquet; give a finished run directory or a "
+                        "sweep directory")

@@ -1,0 +1,173 @@
+"""Report figures with matplotlib (Agg, no display): each function returns a `Figure` (PNG bytes + caption).
+
+In:  plain numbers and labels.  Out: PNG images sized for a page column, labelled axes with units.
+Figures are built with `matplotlib.figure.Figure` (no pyplot global state), so nothing leaks between calls.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+
+from knowpack.report.page import Figure
+
+__all__ = ["bars", "grouped_bars", "heatmap", "lines", "scatter_fit", "stacked_shares"]
+
+SIZE = (7.0, 3.8)
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure as MplFigure
+
+    figure = MplFigure(figsize=SIZE, dpi=100, layout="constrained")
+    return figure, figure.subplots()
+
+
+def _axes_style(axes, logx: bool = False, xs: Sequence[float] = ()) -> None:
+    """Plain tick labels (no offset like "1e-5 + 10.79"); on a log x axis, ticks at the tested values."""
+    if logx:
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        axes.set_xscale("log")
+        ticks = sorted(set(float(x) for x in xs))
+        if 0 < len(ticks) <= 8:
+            axes.set_xticks(ticks)
+        axes.xaxis.set_major_formatter(ScalarFormatter())
+        axes.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        axes.ticklabel_format(axis="x", useOffset=False)
+    axes.ticklabel_format(axis="y", useOffset=False)
+
+
+def _text(label: object) -> str:
+    return str(label) if str(label).strip() else "(empty)"
+
+
+def _tick(label: object) -> str:
+    """A category tick label: one line per "field=value" part, so long configuration names stay readable."""
+    return _text(label).replace(", ", "\n")
+
+
+def _png(figure, caption: str) -> Figure:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return Figure(buffer.getvalue(), caption)
+
+
+def lines(series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None]], xlabel: str,
+          ylabel: str, caption: str, logx: bool = False, ylim: tuple[float, float] | None = None,
+          curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Figure:
+    """One line per series (x, y, optional error bars); ``curves`` adds fitted lines (dashed)."""
+    figure, axes = _figure()
+    colors = {}
+    for name, (x, y, err) in series.items():
+        colors[name] = axes.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name).lines[0].get_color()
+    for name, (x, y) in (curves or {}).items():  # "fit: <series>" is drawn in its series' colour
+        axes.plot(x, y, linestyle="--", label=name, color=colors.get(name.removeprefix("fit: ")))
+    _axes_style(axes, logx, [x for xs, _, _ in series.values() for x in xs])
+    if ylim:
+        axes.set_ylim(*ylim)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    if len(series) + len(curves or {}) > 1:
+        axes.legend(fontsize=8)
+    return _png(figure, caption)
+
+
+def bars(labels: Sequence[str], values: Sequence[float], ylabel: str, caption: str,
+         errors: Sequence[float] | None = None, horizontal: bool = False) -> Figure:
+    figure, axes = _figure()
+    positions = np.arange(len(labels))
+    labels = [_text(label) for label in labels]
+    if horizontal:
+        axes.barh(positions, values, xerr=errors, capsize=3, color="#4c72b0")
+        axes.set_yticks(positions, labels, fontsize=8)
+        axes.invert_yaxis()
+        axes.set_xlabel(ylabel)
+    else:
+        axes.bar(positions, values, yerr=errors, capsize=3, color="#4c72b0")
+        axes.set_xticks(positions, labels, rotation=20 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center",
+                        fontsize=8)
+        axes.set_ylabel(ylabel)
+        axes.axhline(0, color="black", linewidth=0.8)
+    axes.grid(alpha=0.3, axis="x" if horizontal else "y")
+    return _png(figure, caption)
+
+
+def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, caption: str,
+                 errors: dict[str, Sequence[float]] | None = None) -> Figure:
+    """Bars side by side per group (e.g. base vs after per benchmark)."""
+    figure, axes = _figure()
+    positions = np.arange(len(groups))
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        axes.bar(positions + (i - (len(series) - 1) / 2) * width, values, width, label=name,
+                 yerr=(errors or {}).get(name), capsize=3)
+    axes.set_xticks(positions, [_tick(g) for g in groups], fontsize=7 if len(groups) > 4 else 8)
+    axes.set_ylabel(ylabel)
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.grid(alpha=0.3, axis="y")
+    axes.legend(fontsize=8)
+    return _png(figure, caption)
+
+
+def stacked_shares(groups: Sequence[str], shares: dict[str, Sequence[float]], ylabel: str, caption: str) -> Figure:
+    figure, axes = _figure()
+    bottom = np.zeros(len(groups))
+    positions = np.arange(len(groups))
+    for name, values in shares.items():
+        axes.bar(positions, values, bottom=bottom, label=name)
+        bottom += np.asarray(values, float)
+    axes.set_ylabel(ylabel)
+    axes.set_ylim(0, 1)
+    axes.set_xticks(positions, [_tick(g) for g in groups], fontsize=7 if len(groups) > 4 else 8)
+    axes.legend(fontsize=8)
+    return _png(figure, caption)
+
+
+def heatmap(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], xlabel: str, ylabel: str,
+            caption: str) -> Figure:
+    """Counts in a colour scale, each cell annotated with its number."""
+    figure, axes = _figure()
+    image = axes.imshow(matrix, cmap="Blues")
+    axes.set_xticks(range(len(columns)), columns, fontsize=8)
+    axes.set_yticks(range(len(rows)), rows, fontsize=8)
+    top = matrix.max() if matrix.size else 0
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            value = matrix[i, j]
+            text = f"{value:g}" if float(value).is_integer() else f"{value:.1f}"
+            axes.text(j, i, text, ha="center", va="center", color="white" if top and value > top / 2 else "black")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    figure.colorbar(image, ax=axes, label="facts")
+    return _png(figure, caption)
+
+
+def scatter_fit(x: Sequence[float], y: Sequence[float], xlabel: str, ylabel: str, caption: str,
+                curve: tuple[np.ndarray, np.ndarray] | None = None, logx: bool = False,
+                highlight: Sequence[int] = (), labels: Sequence[str] | None = None) -> Figure:
+    """Data points, an optional fitted curve, optional highlighted points (e.g. a Pareto front) with labels."""
+    figure, axes = _figure()
+    axes.scatter(x, y, color="#4c72b0", label="runs" if labels is None else "configurations", zorder=2)
+    if curve is not None:
+        axes.plot(*curve, color="#c44e52", linestyle="--", label="fit", zorder=3)
+    if highlight:
+        order = sorted(highlight, key=lambda i: x[i])
+        axes.plot([x[i] for i in order], [y[i] for i in order], color="#55a868", marker="o", label="Pareto front",
+                  zorder=4)
+        for rank, i in enumerate(sorted(highlight, key=lambda i: -y[i]), start=1):
+            if labels is not None:  # numbered like the front's table; full labels would overlap
+                axes.annotate(f"#{rank}", (x[i], y[i]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    _axes_style(axes, logx, x if logx else ())
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return _png(figure, caption)

@@ -1,0 +1,238 @@
+"""The report of one run: a section for every part of metrics.json, with tables and figures.
+
+In:  a run's ``metrics.json`` and ``config.yaml`` (and, when present, ``probe_before.parquet`` /
+     ``probe_after.parquet`` / ``trained_facts.json`` for the top answers before training, and
+     ``train_stats.json`` for the loss per epoch).
+Out: `Section`s: summary, reliability, knowledge shift, answers, exploded answers and shift reasons,
+     benchmarks, forgetting, token shift, locality, training, configuration — each only when the
+     metrics hold it (an outside adapter evaluated with ``knowpack eval --adapter`` has no training).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from knowpack.probe.categories import CATEGORIES
+from knowpack.report import plots
+from knowpack.report.page import Section, md_table
+
+__all__ = ["fmt", "run_sections", "summary_rows"]
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def summary_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The headline numbers, shared by the CLI summary table and the report."""
+    rows = []
+    if "reliability" in metrics:
+        rows.append(("reliability (trained facts)", fmt(metrics.get("reliability"))))
+        rows.append(("generalization (unseen paraphrases)", fmt(metrics.get("generalization"))))
+    if "shift" in metrics:
+        rows.append(("positive shift (held-out)", fmt(metrics["shift"]["positive"])))
+        rows.append(("negative shift (held-out)", fmt(metrics["shift"]["negative"])))
+    for name, after in metrics.get("benchmarks", {}).items():
+        base = metrics.get("benchmarks_base", {}).get(name)
+        delta = f" ({after - base:+.3f})" if base is not None else ""
+        rows.append((f"{name} base → after", f"{fmt(base)} → {fmt(after)}{delta}"))
+    forgetting = metrics.get("forgetting")
+    if forgetting:
+        rows.append(("KL to base on held-out text (nats/token)", f"{forgetting['kl_to_base']:.4f}"))
+        rows.append(("perplexity base → after", f"{forgetting['perplexity_base']:.2f} → "
+                                                f"{forgetting['perplexity_after']:.2f}"))
+    shift = metrics.get("token_shift")
+    if shift:
+        rows.append(("tokens unshifted / marginal / shifted",
+                     f"{shift['unshifted']:.2f} / {shift['marginal']:.2f} / {shift['shifted']:.2f}"))
+    locality = metrics.get("locality")
+    if locality:
+        rows.append(("locality (same subject / same relation)",
+                     f"{fmt(locality.get('subject'))} / {fmt(locality.get('relation'))}"))
+    train = metrics.get("train")
+    if train:  # absent when an outside adapter was evaluated (knowpack eval --adapter)
+        rows.append(("train tokens/s", f"{train.get('tokens_per_s', 0):.0f}"))
+        rows.append(("train seconds", f"{train.get('seconds', 0):.1f}"))
+    return rows
+
+
+def _reliability(metrics: dict) -> Section:
+    by_epoch = metrics.get("reliability_by_epoch") or []
+    text = (f"{metrics.get('n_trained_facts', '?')} Unknown facts (N) trained. Reliability {fmt(metrics['reliability'])} "
+            f"(share of trained fact × probe prompt greedy answers that are correct); generalization "
+            f"{fmt(metrics.get('generalization'))} (trained facts asked with a paraphrase never trained on).")
+    section = Section("reliability", "Reliability", text)
+    if by_epoch:
+        section.text += ("\n\nReliability after each epoch (first prompt set only):\n\n"
+                         + md_table(["epoch", "reliability"], [[i + 1, fmt(v)] for i, v in enumerate(by_epoch)]))
+        epochs = list(range(1, len(by_epoch) + 1))
+        section.figures.append(plots.lines({"reliability": (epochs, by_epoch, None)}, "epoch",
+                                           "reliability (share correct)", "Reliability of the trained facts by epoch",
+                                           ylim=(-0.02, 1.02)))
+    return section
+
+
+def _shift(metrics: dict) -> Section:
+    shift = metrics["shift"]
+    transitions = shift["transitions"]
+    matrix = np.array([[transitions[old][new] for new in CATEGORIES] for old in CATEGORIES], float)
+    text = (f"{shift.get('n_facts', int(matrix.sum()))} held-out facts re-probed. Positive shift "
+            f"(UK→HK, UK→MK, MK→HK) {fmt(shift['positive'])}; negative shift (HK→UK, HK→MK, MK→UK) "
+            f"{fmt(shift['negative'])} (WeaklyKnown counted as Unknown).\n\nTransitions (rows: before training; "
+            "columns: after):\n\n"
+            + md_table(["before \\ after", *CATEGORIES],
+                       [[old, *(transitions[old][new] for new in CATEGORIES)] for old in CATEGORIES]))
+    return Section("shift", "Knowledge shift on held-out facts", text, [
+        plots.bars(["positive", "negative"], [shift["positive"], shift["negative"]], "share of held-out facts",
+                   "Positive and negative knowledge shift"),
+        plots.heatmap(matrix, CATEGORIES, CATEGORIES, "category after training", "category before training",
+                      "Category transitions of held-out facts (counts)")])
+
+
+def _top_before(run_dir: Path, top: int = 10) -> list[list]:
+    """Most frequent greedy answers of the base model on the held-out facts re-probed after training."""
+    import json
+
+    import pandas as pd
+
+    needed = [run_dir / name for name in ("probe_before.parquet", "probe_after.parquet")]
+    if not all(p.is_file() for p in needed):
+        return []
+    trained = set(json.loads((run_dir / "trained_facts.json").read_text())) if (run_dir / "trained_facts.json").is_file() else set()
+    before, after = (pd.read_parquet(p, columns=["fact_id", "sample", "answer"]) for p in needed)
+    heldout = set(after["fact_id"]) - trained
+    greedy = before[(before["sample"] == 0) & before["fact_id"].isin(heldout)]
+    return [[answer, n] for answer, n in Counter(a.lower() for a in greedy["answer"]).most_common(top)]
+
+
+def _answers(metrics: dict, run_dir: Path | None) -> Section:
+    answers = metrics["answers"]
+    text = md_table(["held-out facts, greedy answers", "before", "after"],
+                    [["refusals", answers["refusals_before"], answers["refusals_after"]],
+                     ["unique answers", answers["unique_before"], answers["unique_after"]]])
+    before = _top_before(run_dir) if run_dir else []
+    after = answers.get("top_after", [])
+    rows = [[i + 1, *(before[i] if i < len(before) else ["", ""]), *(after[i] if i < len(after) else ["", ""])]
+            for i in range(max(len(before), len(after)))]
+    text += "\n\nMost frequent answers:\n\n" + md_table(["rank", "before", "count", "after", "count"], rows)
+    section = Section("answers", "Answers before and after training", text)
+    if after:
+        section.figures.append(plots.bars([a for a, _ in after], [n for _, n in after], "greedy answers",
+                                          "Most frequent answers after training (held-out facts)", horizontal=True))
+    return section
+
+
+def _reasons(metrics: dict) -> Section:
+    exploded = metrics.get("answers", {}).get("exploded", [])
+    text = ("Exploded answers (after training at least the threshold share of greedy answers and more than "
+            "doubled):\n\n" + (md_table(["answer", "count before", "count after"], exploded) if exploded else "none"))
+    reasons = metrics.get("shift_reasons")
+    section = Section("reasons", "Exploded answers and shift reasons", text)
+    if reasons:
+        names = [k for k in reasons.get("positive", {})]
+        section.text += ("\n\nLikely reasons for each shifted held-out fact (a fact can have several):\n\n"
+                         + md_table(["reason", "positive shifts", "negative shifts"],
+                                    [[n, reasons["positive"][n], reasons["negative"][n]] for n in names]))
+        examples = reasons.get("examples", [])
+        if examples:
+            section.text += "\n\nExamples:\n\n" + md_table(
+                ["question", "gold", "answer after", "shift", "reasons"],
+                [[e["question"], e["gold"], e["answer_after"], e["shift"], ", ".join(e["reasons"]) or "—"]
+                 for e in examples])
+        section.figures.append(plots.grouped_bars(names, {d: [reasons[d][n] for n in names]
+                                                          for d in ("positive", "negative")},
+                                                  "held-out facts", "Reasons behind knowledge shifts"))
+    return section
+
+
+def _benchmarks(metrics: dict) -> Section:
+    after, base = metrics["benchmarks"], metrics.get("benchmarks_base", {})
+    names = list(after)
+    rows = [[n, fmt(base.get(n)), fmt(after[n]), f"{after[n] - base[n]:+.3f}" if n in base else "—"] for n in names]
+    return Section("benchmarks", "Benchmarks", "Accuracy (share of questions) of the base and the adapted model:\n\n"
+                   + md_table(["benchmark", "base", "after", "delta"], rows), [
+        plots.grouped_bars(names, {"base": [base.get(n, np.nan) for n in names], "after": [after[n] for n in names]},
+                           "accuracy", "Benchmark accuracy before and after training")])
+
+
+def _forgetting(metrics: dict) -> Section:
+    f = metrics["forgetting"]
+    rows = [["cross-entropy vs base (nats/token)", fmt(f.get("ce_vs_base"))],
+            ["KL(base ‖ tuned) (nats/token)", fmt(f.get("kl_to_base"))],
+            ["perplexity, base model", fmt(f.get("perplexity_base"))],
+            ["perplexity, tuned model", fmt(f.get("perplexity_after"))]]
+    if "tokens" in f:
+        rows.append(["tokens scored", f["tokens"]])
+    return Section("forgetting", "Forgetting on held-out text",
+                   "Kalajdzievski's forgetting: cross-entropy of the tuned model against the base model's "
+                   "next-token distribution (= KL + base entropy).\n\n" + md_table(["metric", "value"], rows), [
+                       plots.bars(["base", "tuned"], [f["perplexity_base"], f["perplexity_after"]],
+                                  "perplexity on held-out text", "Perplexity before and after training")])
+
+
+def _token_shift(metrics: dict) -> Section:
+    t = metrics["token_shift"]
+    text = md_table(["share of generated tokens", "value"],
+                    [["unshifted (rank 1 under base)", fmt(t["unshifted"])], ["marginal (rank 2–3)", fmt(t["marginal"])],
+                     ["shifted (rank > 3)", fmt(t["shifted"])], ["mean KL per position (nats)", fmt(t.get("mean_kl"))],
+                     ["mean base probability", fmt(t.get("mean_base_prob"))]])
+    if t.get("top_shifted"):
+        text += "\n\nMost often shifted tokens: " + ", ".join(f"`{tok!r}` ×{n}" for tok, n in t["top_shifted"])
+    return Section("token-shift", "Token distribution shift", text, [
+        plots.stacked_shares(["tuned model"], {k: [t[k]] for k in ("unshifted", "marginal", "shifted")},
+                             "share of generated tokens", "Token shift (rank of each tuned-model token under the base)")])
+
+
+def _locality(metrics: dict) -> Section:
+    loc = metrics["locality"]
+    rows = [["same subject as a trained fact", fmt(loc.get("subject")), loc.get("facts_subject", "—")],
+            ["same relation as a trained fact", fmt(loc.get("relation")), loc.get("facts_relation", "—")]]
+    section = Section("locality", "Locality", "Share of untouched held-out facts that share a subject / a relation "
+                      "with a trained fact and whose greedy answer is unchanged:\n\n"
+                      + md_table(["held-out facts", "unchanged share", "facts"], rows))
+    values = [(name, v) for name, v in (("same subject", loc.get("subject")), ("same relation", loc.get("relation")))
+              if v is not None]
+    if values:
+        section.figures.append(plots.bars([n for n, _ in values], [v for _, v in values], "unchanged share",
+                                          "Locality: held-out neighbours of trained facts left unchanged"))
+    return section
+
+
+def _training(metrics: dict, run_dir: Path | None) -> Section:
+    section = Section("training", "Training", md_table(["", "value"], [[k, fmt(v)] for k, v in metrics["train"].items()]))
+    stats = run_dir / "train_stats.json" if run_dir else None
+    if stats and stats.is_file():
+        import json
+
+        losses = json.loads(stats.read_text()).get("epoch_losses") or []
+        if losses:
+            epochs = list(range(1, len(losses) + 1))
+            section.figures.append(plots.lines({"train loss": (epochs, losses, None)}, "epoch",
+                                               "mean cross-entropy (nats/token)", "Training loss by epoch"))
+    return section
+
+
+def run_sections(metrics: dict, config: dict, run_dir: Path | None = None) -> list[Section]:
+    """Every section the metrics support, in reading order."""
+    sections = [Section("summary", "Summary", md_table(["metric", "value"], [list(r) for r in summary_rows(metrics)]))]
+    builders = [("reliability", lambda: _reliability(metrics)), ("shift", lambda: _shift(metrics)),
+                ("answers", lambda: _answers(metrics, run_dir)), ("shift_reasons", lambda: _reasons(metrics)),
+                ("benchmarks", lambda: _benchmarks(metrics)), ("forgetting", lambda: _forgetting(metrics)),
+                ("token_shift", lambda: _token_shift(metrics)), ("locality", lambda: _locality(metrics)),
+                ("train", lambda: _training(metrics, run_dir))]
+    for key, build in builders:
+        value = metrics.get(key)
+        if value is not None and (value or not isinstance(value, (dict, list))):  # reliability 0.0 is a result
+            sections.append(build())
+    sections.append(Section("configuration", "Configuration",
+                            "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```"))
+    return sections

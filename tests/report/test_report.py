@@ -1,0 +1,160 @@
+"""Run and sweep reports: every section the metrics support, rendered by headless Chromium with no broken image."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from knowpack.report import write_any_report, write_report, write_sweep_report
+from knowpack.rundir import RunDir
+from knowpack.sweep.results import collect_rows, write_results
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+RUN_SECTIONS = ["summary", "reliability", "shift", "answers", "reasons", "benchmarks", "forgetting", "token-shift",
+                "locality", "training", "configuration"]
+PROBE = """<script>window.addEventListener('load', () => {
+  const images = [...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight].join(':'));
+  document.body.setAttribute('data-images', images.join(','));
+  document.body.setAttribute('data-sections', [...document.querySelectorAll('section')].map(s => s.id).join(','));
+});</script>"""
+
+
+def render(page: Path, tmp_path: Path) -> dict:
+    """Open a copy of ``page`` in headless Chromium; what the browser saw: section ids and image sizes."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium, or scripts/setup.sh as root)")
+    probe = tmp_path / f"probe-{page.parent.name}.html"
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                             "--disable-component-update", "--disable-sync", "--no-first-run",
+                             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", probe.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    images = re.search(r'data-images="([^"]*)"', result.stdout)
+    sections = re.search(r'data-sections="([^"]*)"', result.stdout)
+    assert images and sections, "the page did not finish loading"
+    return {"sections": sections.group(1).split(","),
+            "images": [tuple(part.split(":")) for part in images.group(1).split(",") if part]}
+
+
+def assert_images_render(seen: dict, expected: int) -> None:
+    assert len(seen["images"]) == expected
+    for complete, width, height in seen["images"]:
+        assert complete == "true" and int(width) > 100 and int(height) > 100, seen["images"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model_dir, tmp_path_factory):
+    """A real run of the tiny model, plus the locality metrics another stage adds."""
+    from rich.console import Console
+
+    from knowpack.config import load_config
+    from knowpack.pipeline import run_pipeline
+
+    overrides = [f"model.name={tiny_model_dir}", "facts.max_facts=16", "probe.num_prompts=2", "probe.shots=1",
+                 "probe.max_new_tokens=4", "mixture.n_unknown=3", "train.epochs=2", "train.batch_size=2",
+                 "eval.benchmark_questions=2", "eval.mmlu_shots=0", "eval.forgetting_passages=2",
+                 "eval.token_shift_prompts=2"]
+    run_dir = run_pipeline(load_config("smoke", overrides=overrides), tmp_path_factory.mktemp("run") / "run",
+                           progress=False, console=Console(quiet=True))
+    run = RunDir(run_dir)
+    metrics = run.read_json("metrics.json")
+    metrics["locality"] = {"subject": 0.75, "relation": None, "facts_subject": 4, "facts_relation": 0}
+    run.write_json("metrics.json", metrics)
+    return run_dir
+
+
+def test_run_report_has_a_section_for_every_part_of_the_metrics(tiny_run, tmp_path):
+    markdown, page = write_report(tiny_run)
+    text = markdown.read_text()
+    for title in ("## Summary", "## Reliability", "## Knowledge shift", "## Answers before and after",
+                  "## Exploded answers and shift reasons", "## Benchmarks", "## Forgetting", "## Token distribution",
+                  "## Locality", "## Training", "## Configuration"):
+        assert title in text
+    assert "| same subject as a trained fact | 0.750 | 4 |" in text and "| same relation as a trained fact | — | 0 |" in text
+    html = page.read_text()
+    assert "<script" not in html and "src=\"http" not in html and "href=" not in html  # self-contained, static
+    seen = render(page, tmp_path)
+    assert seen["sections"] == RUN_SECTIONS
+    assert_images_render(seen, text.count("*Figure: "))
+
+
+def test_report_of_an_outside_adapter_shows_only_what_it_measured(tmp_path):
+    run = RunDir(tmp_path / "eval")
+    transitions = {a: {b: 0 for b in ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")}
+                   for a in ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")}
+    transitions["HighlyKnown"]["Unknown"] = 2
+    transitions["Unknown"]["Unknown"] = 8
+    run.write_json("metrics.json", {
+        "adapter": "/adapters/x", "n_heldout_facts": 10,
+        "shift": {"positive": 0.0, "negative": 0.2, "n_facts": 10, "transitions": transitions},
+        "answers": {"refusals_before": 1, "refusals_after": 0, "unique_before": 9, "unique_after": 4,
+                    "top_after": [["paris", 5], ["", 2]]},
+        "benchmarks": {"mmlu": 0.3}, "benchmarks_base": {"mmlu": 0.35}})
+    run.write_text("config.yaml", yaml.safe_dump({"model": {"name": "tiny"}}))
+    markdown, page = write_any_report(run.path)
+    text = markdown.read_text()
+    assert "## Knowledge shift" in text and "## Benchmarks" in text and "| mmlu | 0.350 | 0.300 | -0.050 |" in text
+    for absent in ("## Reliability", "## Training", "## Locality", "## Forgetting", "## Token distribution"):
+        assert absent not in text
+    seen = render(page, tmp_path)
+    assert seen["sections"] == ["summary", "shift", "answers", "benchmarks", "configuration"]
+    assert_images_render(seen, text.count("*Figure: "))
+
+
+def _fake_sweep(tiny_run: Path, out: Path) -> Path:
+    """A sweep directory of 12 runs (N × mixture × seed) whose metrics follow a known curve, and one failed run."""
+    template = json.loads((tiny_run / "metrics.json").read_text())
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    rng = np.random.default_rng(0)
+    names = []
+    for known in (0, 1):
+        for n in (1, 10, 100):
+            for seed in (1, 2):
+                name = f"k{known}-n{n}-s{seed}"
+                run = RunDir(out / "runs" / name)
+                point = {"mixture.known_per_fact": known, "mixture.n_unknown": n, "train.seed": seed}
+                run_config = {**config, "mixture": {**config["mixture"], "n_unknown": n, "known_per_fact": known},
+                              "train": {**config["train"], "seed": seed}}
+                metrics = json.loads(json.dumps(template))
+                metrics["reliability"] = float(1 / (1 + (n / 30) ** 1.2) + rng.normal(0, 0.01))
+                metrics["shift"]["negative"] = 0.01 * n ** 0.5 + 0.02 * known
+                metrics["forgetting"]["ce_vs_base"] = 3 + 0.01 * n ** 0.4 + rng.normal(0, 0.001)
+                metrics["train"]["final_loss"] = 1.0 - 0.1 * np.log(n) + rng.normal(0, 0.01)
+                run.write_json("sweep_task.json", {"point": point, "config": run_config, "until": "report",
+                                                   "reuse_from": []})
+                run.write_json("status.json", {"status": "done", "seconds": 10.0})
+                run.write_json("metrics.json", metrics)
+                names.append(name)
+    failed = RunDir(out / "runs" / "broken")
+    failed.write_json("sweep_task.json", {"point": {"mixture.n_unknown": 1000}, "config": config, "until": "report",
+                                          "reuse_from": []})
+    failed.write_json("status.json", {"status": "failed", "error": "worker died: killed by signal SIGKILL"})
+    RunDir(out).write_json("sweep.json", {"runs": [*names, "broken"]})
+    RunDir(out).write_text("sweep.yaml", "preset: smoke\ngrid: {mixture.n_unknown: [1, 10, 100]}\n")
+    write_results(out, collect_rows(out))
+    return out
+
+
+def test_sweep_report_aggregates_runs_and_shows_the_laws(tiny_run, tmp_path):
+    sweep_dir = _fake_sweep(tiny_run, tmp_path / "sweep")
+    markdown, page = write_sweep_report(sweep_dir)
+    text = markdown.read_text()
+    assert "12 done, 1 failed" in text and "worker died: killed by signal SIGKILL" in text
+    assert "capacity at reliability ≥ 0.95 (mixture.known_per_fact=0)" in text
+    # reliability = 1 / (1 + (N/30)^1.2) reaches 0.95 at N ≈ 2.6, and the figure draws that curve
+    capacity = re.search(r"\| known_per_fact=0 \| ([\d.]+) \[[\d.]+, [\d.]+\] \| 1 \|", text)
+    assert capacity and float(capacity.group(1)) == pytest.approx(30 * (1 / 0.95 - 1) ** (1 / 1.2), rel=0.3)
+    assert "Pareto front: reliability vs negative shift" in text
+    seen = render(page, tmp_path)
+    assert seen["sections"] == ["summary", "reliability", "shift", "answers", "benchmarks", "forgetting",
+                                "token-shift", "locality", "laws", "configuration"]
+    assert_images_render(seen, text.count("*Figure: "))
+    assert text.count("*Figure: ") >= 12

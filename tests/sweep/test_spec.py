@@ -1,0 +1,90 @@
+"""Sweep files: grid expansion, shipped configs, and one clear line for every mistake in them."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from knowpack.errors import KnowpackError
+from knowpack.sweep.spec import expand_grid, load_sweep, resolve_points, shipped_sweeps, sweep_path
+
+
+def test_grid_product_joined_fields_and_variants():
+    points = expand_grid({"mixture.n_unknown": [1, 10], "mixture.seed,train.seed": [[1, 1], [2, 2]]},
+                         [{}, {"mixture.known_per_fact": 1}])
+    assert len(points) == 8
+    assert points[0] == {"mixture.n_unknown": 1, "mixture.seed": 1, "train.seed": 1}
+    assert points[3] == {"mixture.n_unknown": 10, "mixture.seed": 2, "train.seed": 2}
+    assert points[4] == {"mixture.known_per_fact": 1, "mixture.n_unknown": 1, "mixture.seed": 1, "train.seed": 1}
+
+
+@pytest.mark.parametrize("name, runs", [("reproduce-cpu", 36), ("reproduce-paper", 90)])
+def test_shipped_sweeps_resolve_by_name(name, runs):
+    assert name in shipped_sweeps()
+    path = sweep_path(name)
+    points = resolve_points(load_sweep(path), path)
+    assert len(points) == runs
+    assert len({config.model_dump_json() for _, config in points}) == runs  # every point is a distinct run
+    if name == "reproduce-cpu":
+        assert {c.mixture.n_unknown for _, c in points} == {1, 10, 50, 100}
+        assert all(c.model.name == "smollm2-135m-instruct" for _, c in points)
+        assert all(c.mixture.seed == c.train.seed for _, c in points)
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"preset": "smoke", "gird": {"train.seed": [1]}}, "unknown key 'gird'; did you mean 'grid'?"),
+    ({"preset": "smoke", "grid": {"mixture.n_unknwn": [1]}},
+     "grid: unknown field 'mixture.n_unknwn'; did you mean 'mixture.n_unknown'?"),
+    ({"preset": "smoke", "grid": {"trian.seed": [1]}}, "grid: unknown field 'trian.seed'; did you mean 'train.seed'?"),
+    ({"preset": "smoke", "grid": {}}, "grid is empty"),
+    ({"preset": "smoke"}, "grid is empty"),
+    ({"preset": "smoke", "grid": {"train.seed": []}}, "grid: train.seed has no values"),
+    ({"preset": "smoke", "grid": {"train.seed,mixture.seed": [[1]]}}, "each value must be a list of 2 values"),
+    ({"preset": "smok", "grid": {"train.seed": [1]}}, "unknown preset 'smok'; did you mean 'smoke'?"),
+    ({"preset": "smoke", "grid": {"train.seed": [1]}, "variants": [{"train.seed": 2}]},
+     "variants[0]: train.seed is also a grid field"),
+])
+def test_bad_sweep_files_are_one_line_errors(tmp_path, document, message):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(KnowpackError) as caught:
+        resolve_points(load_sweep(path), path)
+    assert message in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_bad_values_name_the_grid_point(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"preset": "smoke", "base": {"train": {"epochs": 2}},
+                                    "grid": {"lora.rank": [4, 0]}}))
+    with pytest.raises(KnowpackError, match=r"grid point \{'lora.rank': 0\}: lora.rank: Input should be greater"):
+        resolve_points(load_sweep(path), path)
+    path.write_text(yaml.safe_dump({"preset": "smoke", "base": {"train": {"epoch": 2}}, "grid": {"lora.rank": [4]}}))
+    with pytest.raises(KnowpackError, match="base: unknown key 'train.epoch'; did you mean 'epochs'"):
+        resolve_points(load_sweep(path), path)
+
+
+def test_cli_errors_for_sweeps_are_one_line(run_cli, tmp_path):
+    (tmp_path / "typo.yaml").write_text("preset: smoke\ngrid:\n  mixture.n_unknwn: [1]\n")
+    for args, message in [
+        (["sweep", "--config", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "a")],
+         "unknown field 'mixture.n_unknwn'; did you mean 'mixture.n_unknown'?"),
+        (["sweep", "--config", "reproduce-gpu", "--out", str(tmp_path / "b")],
+         "no shipped sweep config of that name (shipped: reproduce-cpu, reproduce-paper)"),
+        (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "c"), "--workers", "0"],
+         "--workers 0: give at least 1"),
+        (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "d"), "--executor", "slurm"],
+         "--executor slurm: choose one of local, ray"),
+    ]:
+        result = run_cli(*args)
+        assert result.returncode == 2, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_dry_run_lists_the_runs_of_a_shipped_sweep(run_cli, tmp_path):
+    result = run_cli("sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "s"), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "reproduce-cpu: 36 runs" in result.stdout
+    assert "mixture.known_per_fact=1, mixture.n_unknown=100, mixture.seed=10824, train.seed=10824" in result.stdout
+    assert not (tmp_path / "s").exists()
