@@ -1,7 +1,8 @@
 """Tokenized training batches with answer-only labels and length grouping.
 
 In:  `TrainExample`s, a tokenizer, `loss_on` ("answer" or "sequence").
-Out: `Batch`es of input_ids / attention_mask / labels, right-padded to the longest row of the batch.
+Out: batches of similar length, split into micro-batches (`Batch`: input_ids / attention_mask / labels,
+     right-padded to the longest row of the micro-batch).
 
 The prompt (system + question, rendered with the chat template) and the answer ("Answer: X" plus the
 end-of-turn token) are tokenized separately and concatenated, so the answer span is known exactly;
@@ -20,6 +21,7 @@ from knowpack.probe.prompts import SYSTEM_PROMPT, uses_chat_template
 from knowpack.train.mixture import TrainExample
 
 IGNORE = -100
+Row = tuple[list[int], list[int]]  # (input ids, labels) of one example
 
 
 @dataclass
@@ -46,7 +48,7 @@ def encode_example(tokenizer, example: TrainExample, loss_on: str = "answer") ->
     return ids, labels
 
 
-def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Batch:
+def collate(rows: Sequence[Row], pad_id: int) -> Batch:
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -58,9 +60,8 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Batch:
     return Batch(input_ids, mask, labels)
 
 
-def length_grouped_batches(encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
-                           rng: random.Random) -> Iterator[Batch]:
-    """Batches of similar length (little padding) in a seeded random order."""
+def length_grouped_batches(encoded: Sequence[Row], batch_size: int, rng: random.Random) -> Iterator[list[Row]]:
+    """Batches (lists of rows) of similar length (little padding) in a seeded random order."""
     order = list(range(len(encoded)))
     rng.shuffle(order)
     # Sort within windows of 8 batches: close lengths share a batch, yet epochs still differ in order.
@@ -71,4 +72,11 @@ def length_grouped_batches(encoded: Sequence[tuple[list[int], list[int]]], batch
     batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
     rng.shuffle(batches)
     for batch in batches:
-        yield collate([encoded[i] for i in batch], pad_id)
+        yield [encoded[i] for i in batch]
+
+
+def micro_batches(rows: Sequence[Row], count: int, pad_id: int) -> list[Batch]:
+    """One batch's rows split into ``count`` consecutive micro-batches (fewer if it has fewer rows),
+    each right-padded to its own longest row."""
+    count = min(count, len(rows))
+    return [collate(rows[i * len(rows) // count:(i + 1) * len(rows) // count], pad_id) for i in range(count)]
