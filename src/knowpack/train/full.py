@@ -54,6 +54,12 @@ class FullFinetune:
         finally:
             self.__dict__["_active"] = previous
 
+    def to(self, *args, **kwargs) -> "FullFinetune":
+        self.tuned.to(*args, **kwargs)
+        if self.base is not None:
+            self.base.to(*args, **kwargs)
+        return self
+
     def save_pretrained(self, folder: str | Path, **_ignored) -> None:
         self.tuned.save_pretrained(folder, safe_serialization=True)
 

@@ -150,11 +150,14 @@ def _processes() -> tuple[int, int]:
     """(rank, world size): several under ``accelerate launch`` / torchrun, else (0, 1)."""
     import os
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
+    import torch.distributed as dist
 
-        state = PartialState()  # joins the process group the launcher set up
-        return state.process_index, state.num_processes
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not dist.is_initialized():
+            from accelerate import PartialState
+
+            PartialState()  # joins the process group the launcher set up (nccl on GPUs, gloo on CPU)
+        return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
@@ -176,10 +179,15 @@ def train_adapter(model, tokenizer, examples: Sequence[TrainExample], config: Tr
     encoded = [encode_example(tokenizer, ex, config.loss_on) for ex in examples]
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
+    device = model.device
+    if world > 1 and device.type == "cuda":  # one GPU per process
+        import os
+
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    device = model.device
     stats = TrainStats()
     restored = checkpoints.restore(model, optimizer, scheduler, rng) if checkpoints else None
     if restored is not None:
