@@ -124,6 +124,12 @@ class TrainConfig(_Strict):
     keep_checkpoints: bool = Field(False, description="keep checkpoints/ (last epoch) after training succeeds")
     export_merged: bool = Field(False, description="also write merged/: the adapter folded into the base, a "
                                                    "plain safetensors model folder")
+    share_prefix: bool = Field(True, description="encode the prompt tokens every example shares (system turn, "
+                               "'Question:') once per micro-batch; used only where a check on the first batch "
+                               "gives this model's hidden states")
+    base_cache_mb: float = Field(1024.0, ge=0, description="regularizers: keep the base model's hidden states at "
+                                 "the trained positions (computed once) if they fit in this many MB; 0 = "
+                                 "recompute them with a base forward every step")
     report_to: Literal["none", "tensorboard", "wandb"] = Field(
         "none", description="log losses per step to TensorBoard (run dir tensorboard/) or Weights & Biases")
 

@@ -29,6 +29,11 @@ class Batch:
     input_ids: torch.Tensor       # [B, T]
     attention_mask: torch.Tensor  # [B, T]
     labels: torch.Tensor          # [B, T], IGNORE outside the trained span
+    base_hidden: torch.Tensor | None = None  # [N, H] base model's hidden states at the N trained positions
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+                     None if self.base_hidden is None else self.base_hidden.to(device))
 
 
 def encode_example(tokenizer, example: TrainExample, loss_on: str = "answer") -> tuple[list[int], list[int]]:
@@ -60,8 +65,8 @@ def collate(rows: Sequence[Row], pad_id: int) -> Batch:
     return Batch(input_ids, mask, labels)
 
 
-def length_grouped_batches(encoded: Sequence[Row], batch_size: int, rng: random.Random) -> Iterator[list[Row]]:
-    """Batches (lists of rows) of similar length (little padding) in a seeded random order."""
+def length_grouped_batches(encoded: Sequence[Row], batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Batches (lists of example indices) of similar length (little padding) in a seeded random order."""
     order = list(range(len(encoded)))
     rng.shuffle(order)
     # Sort within windows of 8 batches: close lengths share a batch, yet epochs still differ in order.
@@ -71,12 +76,19 @@ def length_grouped_batches(encoded: Sequence[Row], batch_size: int, rng: random.
         grouped += sorted(order[start:start + window], key=lambda i: len(encoded[i][0]))
     batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
     rng.shuffle(batches)
-    for batch in batches:
-        yield [encoded[i] for i in batch]
+    yield from batches
 
 
-def micro_batches(rows: Sequence[Row], count: int, pad_id: int) -> list[Batch]:
-    """One batch's rows split into ``count`` consecutive micro-batches (fewer if it has fewer rows),
-    each right-padded to its own longest row."""
-    count = min(count, len(rows))
-    return [collate(rows[i * len(rows) // count:(i + 1) * len(rows) // count], pad_id) for i in range(count)]
+def micro_batches(encoded: Sequence[Row], batch: Sequence[int], count: int, pad_id: int,
+                  base_cache: Sequence[torch.Tensor] | None = None) -> list[Batch]:
+    """One batch (example indices) split into ``count`` consecutive micro-batches (fewer if it has fewer
+    rows), each right-padded to its own longest row, with the cached base hidden states of its rows."""
+    count = min(count, len(batch))
+    parts = [batch[i * len(batch) // count:(i + 1) * len(batch) // count] for i in range(count)]
+    micro = []
+    for part in parts:
+        collated = collate([encoded[i] for i in part], pad_id)
+        if base_cache is not None:  # row by row, positions in order: the order of a [B, T] mask selection
+            collated.base_hidden = torch.cat([base_cache[i] for i in part])
+        micro.append(collated)
+    return micro

@@ -5,9 +5,10 @@ In:  a `PeftModel` (or a `FullFinetune`), a tokenizer, `TrainExample`s, a `Train
 Out: `TrainStats` (steps, tokens, seconds, tokens/s, peak memory, final loss, per-epoch losses and
      callback scores).
 
-`train_step` is the whole step, top to bottom: for each micro-batch, adapted forward, base forward
-(same weights, adapter disabled, no grad) only when a regularizer needs it, chunked losses on the
-trained positions, backward; then clip, check for divergence, optimizer and schedule step.
+`train_step` is the whole step, top to bottom: for each micro-batch, adapted forward, base hidden
+states when a regularizer needs them (cached once before training, or a base forward: same weights,
+adapter disabled, no grad), chunked losses on the trained positions, backward; then clip, check for
+divergence, optimizer and schedule step.
 Checkpointing, logging and timing live in `train_adapter` around it.
 
 Several processes (``accelerate launch``): each takes its share of every step's micro-batches and
@@ -17,6 +18,7 @@ the gradients are summed across processes before the step, so the result equals 
 from __future__ import annotations
 
 import math
+import os
 import random
 import resource
 import time
@@ -30,7 +32,7 @@ from transformers import get_linear_schedule_with_warmup
 from knowpack.config import TrainConfig
 from knowpack.errors import KnowpackError
 from knowpack.train.checkpoint import Checkpoints
-from knowpack.train.data import IGNORE, Batch, encode_example, length_grouped_batches, micro_batches
+from knowpack.train.data import IGNORE, Batch, Row, collate, encode_example, length_grouped_batches, micro_batches
 from knowpack.train.losses import chunked_losses
 from knowpack.train.mixture import TrainExample
 from knowpack.train.tracking import open_tracker
@@ -69,14 +71,48 @@ def _base_output_head(model) -> Callable[[torch.Tensor], torch.Tensor]:
     return head
 
 
-def _trained_hidden(decoder, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states at positions that predict a trained token: ([N, H], gold [N])."""
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     use_cache=False).last_hidden_state  # [B, T, H]
+def _trained_hidden(decoder, batch: Batch, shared: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states at positions that predict a trained token: ([N, H], gold [N]).
+
+    ``shared``: leading tokens every row has in common (the rendered system turn and "Question:",
+    ~40% of a fact's tokens). They are encoded once for the batch and their keys/values repeated for
+    each row: the same hidden states as encoding them in every row, for a fraction of the work.
+    """
+    if shared:
+        rows = batch.input_ids.shape[0]
+        prefix = decoder(input_ids=batch.input_ids[:1, :shared], use_cache=True)  # [1, P, H]
+        cache = prefix.past_key_values
+        cache.batch_repeat_interleave(rows)
+        rest = decoder(input_ids=batch.input_ids[:, shared:], attention_mask=batch.attention_mask,
+                       past_key_values=cache, use_cache=True).last_hidden_state  # [B, T-P, H]
+        hidden = torch.cat([prefix.last_hidden_state.expand(rows, -1, -1), rest], dim=1)  # [B, T, H]
+    else:
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         use_cache=False).last_hidden_state  # [B, T, H]
     # Position t predicts token t+1: shift labels left by one.
     gold = batch.labels[:, 1:]
     keep = gold != IGNORE  # [B, T-1]
     return hidden[:, :-1][keep], gold[keep]
+
+
+def shared_prefix_length(model, encoded: Sequence[Row], batch: Batch) -> int:
+    """Length of the token prefix all examples share, if encoding it once per batch gives this model's
+    hidden states (checked on ``batch``, adapter active, eval mode); else 0."""
+    shared = len(os.path.commonprefix([ids for ids, _ in encoded]))
+    shared = min(shared, min(len(ids) for ids, _ in encoded) - 1)
+    if shared < 2:
+        return 0
+    decoder = model.get_base_model().get_decoder()
+    model.eval()
+    try:
+        with torch.no_grad():
+            plain, _ = _trained_hidden(decoder, batch)
+            once, _ = _trained_hidden(decoder, batch, shared)
+    except (TypeError, ValueError, AttributeError, RuntimeError):  # an architecture without this cache path
+        return 0
+    # Rounding differs between the two paths (more in half precision); a wrong path differs by O(1).
+    tolerance = 1e-4 if once.dtype == torch.float32 else 2e-2
+    return shared if float((once - plain).abs().max()) <= tolerance * float(plain.abs().max()) else 0
 
 
 def trained_positions(batch: Batch) -> int:
@@ -84,12 +120,13 @@ def trained_positions(batch: Batch) -> int:
 
 
 def train_step(model, batches: Sequence[Batch], optimizer, scheduler, config: TrainConfig, *,
-               total_positions: int | None = None) -> tuple[float, float, float]:
+               total_positions: int | None = None, shared: int = 0) -> tuple[float, float, float]:
     """One optimizer step over ``batches`` (the micro-batches of one batch); returns the step's
     (cross-entropy, regularizer, gradient norm). Raises `Diverged`, applying nothing, when the loss
     or gradient is not finite or the loss exceeds ``config.max_loss``.
 
-    ``total_positions``: trained positions of the whole step when other processes hold part of it.
+    ``total_positions``: trained positions of the whole step when other processes hold part of it;
+    ``shared``: leading tokens common to every row, encoded once per micro-batch (`_trained_hidden`).
     """
     causal_lm = model.get_base_model()
     decoder, head = causal_lm.get_decoder(), _output_head(causal_lm)
@@ -98,11 +135,11 @@ def train_step(model, batches: Sequence[Batch], optimizer, scheduler, config: Tr
     model.train()
     losses = torch.zeros(2)  # [cross-entropy, regularizer] of the step
     for batch in batches:
-        adapted_hidden, gold = _trained_hidden(decoder, batch)  # [N, H], [N]
-        base_hidden = None
-        if regularize:
+        adapted_hidden, gold = _trained_hidden(decoder, batch, shared)  # [N, H], [N]
+        base_hidden = batch.base_hidden  # cached once for all epochs (`base_hidden_cache`), if it fit
+        if regularize and base_hidden is None:
             with torch.no_grad(), model.disable_adapter():
-                base_hidden, _ = _trained_hidden(model.get_base_model().get_decoder(), batch)
+                base_hidden, _ = _trained_hidden(model.get_base_model().get_decoder(), batch, shared)
         ce, reg = chunked_losses(head, adapted_hidden, gold, base_hidden, config.regularizer, config.reg_direction,
                                  base_head=_base_output_head(model) if regularize else None)
         # Losses are means over a micro-batch's positions; weighting each by its share of the step's
@@ -140,6 +177,36 @@ def _sum_across_processes(params: list[torch.nn.Parameter], losses: torch.Tensor
     return losses.cpu()
 
 
+def base_hidden_cache(model, encoded: Sequence[Row], config: TrainConfig, pad_id: int,
+                      device: torch.device) -> list[torch.Tensor] | None:
+    """The base model's hidden states at each example's trained positions ([n_i, H] each), or None.
+
+    The base never changes while the adapter trains, so a regularizer needs its hidden states only
+    once, not a base forward pass every step. Computed with the adapter disabled and the model in
+    eval mode (the base's own distribution), when they fit in ``config.base_cache_mb``.
+    """
+    if config.regularizer == "none" or config.reg_lambda == 0:
+        return None
+    head = model.get_base_model().get_output_embeddings().weight  # [V, H]
+    positions = sum(sum(label != IGNORE for label in labels[1:]) for _, labels in encoded)
+    if positions * head.shape[1] * head.element_size() > config.base_cache_mb * 2**20:
+        return None
+    cache: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
+    by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        decoder = model.get_base_model().get_decoder()
+        for start in range(0, len(by_length), config.batch_size):
+            rows = by_length[start:start + config.batch_size]
+            batch = collate([encoded[i] for i in rows], pad_id).to(device)
+            hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             use_cache=False).last_hidden_state  # [B, T, H]
+            keep = batch.labels[:, 1:] != IGNORE  # [B, T-1]
+            for row, index in enumerate(rows):
+                cache[index] = hidden[row, :-1][keep[row]]  # [n_i, H]
+    return cache
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -148,8 +215,6 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def _processes() -> tuple[int, int]:
     """(rank, world size): several under ``accelerate launch`` / torchrun, else (0, 1)."""
-    import os
-
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -181,8 +246,6 @@ def train_adapter(model, tokenizer, examples: Sequence[TrainExample], config: Tr
     total_steps = steps_per_epoch * config.epochs
     device = model.device
     if world > 1 and device.type == "cuda":  # one GPU per process
-        import os
-
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -193,18 +256,26 @@ def train_adapter(model, tokenizer, examples: Sequence[TrainExample], config: Tr
     if restored is not None:
         stats = TrainStats(**{**restored[1], "resumed_from_epoch": restored[0]})
     tracker = open_tracker(config.report_to if rank == 0 else "none", log_dir, config.model_dump())
+    start = time.perf_counter()
+    base_cache = base_hidden_cache(model, encoded, config, tokenizer.pad_token_id, device)
+    probe_rows = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))[:config.batch_size]
+    shared = (shared_prefix_length(model, encoded, collate([encoded[i] for i in probe_rows],
+                                                           tokenizer.pad_token_id).to(device))
+              if config.share_prefix else 0)
+    stats.seconds += time.perf_counter() - start
     try:
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("training", total=total_steps, completed=stats.steps)
             for epoch in range(stats.resumed_from_epoch, config.epochs):
                 epoch_loss = 0.0
                 start = time.perf_counter()  # per-epoch evaluation below is not training time
-                for rows in length_grouped_batches(encoded, config.batch_size, rng):
-                    batches = [Batch(b.input_ids.to(device), b.attention_mask.to(device), b.labels.to(device))
-                               for b in micro_batches(rows, config.grad_accum_steps * world, tokenizer.pad_token_id)]
+                for batch in length_grouped_batches(encoded, config.batch_size, rng):
+                    batches = [b.to(device) for b in micro_batches(encoded, batch, config.grad_accum_steps * world,
+                                                                   tokenizer.pad_token_id, base_cache)]
                     try:
                         ce, reg, grad_norm = train_step(model, batches[rank::world], optimizer, scheduler, config,
-                                                        total_positions=sum(map(trained_positions, batches)))
+                                                        total_positions=sum(map(trained_positions, batches)),
+                                                        shared=shared)
                     except Diverged as err:
                         raise _diverged_error(err, stats.steps + 1, total_steps, epoch, config, checkpoints) from None
                     epoch_loss += ce
