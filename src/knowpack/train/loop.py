@@ -257,11 +257,8 @@ def train_adapter(model, tokenizer, examples: Sequence[TrainExample], config: Tr
         stats = TrainStats(**{**restored[1], "resumed_from_epoch": restored[0]})
     tracker = open_tracker(config.report_to if rank == 0 else "none", log_dir, config.model_dump())
     start = time.perf_counter()
-    base_cache = base_hidden_cache(model, encoded, config, tokenizer.pad_token_id, device)
-    probe_rows = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))[:config.batch_size]
-    shared = (shared_prefix_length(model, encoded, collate([encoded[i] for i in probe_rows],
-                                                           tokenizer.pad_token_id).to(device))
-              if config.share_prefix else 0)
+    base_cache, shared = _precompute(model, encoded, config, tokenizer.pad_token_id, device,
+                                     needed=stats.resumed_from_epoch < config.epochs)
     stats.seconds += time.perf_counter() - start
     try:
         with Progress(disable=not progress, transient=True) as bar:
@@ -304,6 +301,18 @@ def train_adapter(model, tokenizer, examples: Sequence[TrainExample], config: Tr
     stats.peak_memory_mb = _peak_memory_mb(device)
     stats.final_loss = stats.epoch_losses[-1]
     return stats
+
+
+def _precompute(model, encoded: Sequence[Row], config: TrainConfig, pad_id: int, device: torch.device,
+                needed: bool) -> tuple[list[torch.Tensor] | None, int]:
+    """What every step reuses: the base hidden states for a regularizer, the shared prefix length."""
+    if not needed:
+        return None, 0
+    base_cache = base_hidden_cache(model, encoded, config, pad_id, device)
+    shortest = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))[:config.batch_size]
+    check_batch = collate([encoded[i] for i in shortest], pad_id).to(device)
+    shared = shared_prefix_length(model, encoded, check_batch) if config.share_prefix else 0
+    return base_cache, shared
 
 
 def _diverged_error(err: Diverged, step: int, total_steps: int, epoch: int, config: TrainConfig,
