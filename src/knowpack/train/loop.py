@@ -33,6 +33,7 @@ from knowpack.config import TrainConfig
 from knowpack.errors import KnowpackError
 from knowpack.train.checkpoint import Checkpoints
 from knowpack.train.data import IGNORE, Batch, Row, collate, encode_example, length_grouped_batches, micro_batches
+from knowpack.train.forward import shared_prefix_length, trained_hidden
 from knowpack.train.losses import chunked_losses
 from knowpack.train.mixture import TrainExample
 from knowpack.train.tracking import open_tracker
@@ -71,50 +72,6 @@ def _base_output_head(model) -> Callable[[torch.Tensor], torch.Tensor]:
     return head
 
 
-def _trained_hidden(decoder, batch: Batch, shared: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states at positions that predict a trained token: ([N, H], gold [N]).
-
-    ``shared``: leading tokens every row has in common (the rendered system turn and "Question:",
-    ~40% of a fact's tokens). They are encoded once for the batch and their keys/values repeated for
-    each row: the same hidden states as encoding them in every row, for a fraction of the work.
-    """
-    if shared:
-        rows = batch.input_ids.shape[0]
-        prefix = decoder(input_ids=batch.input_ids[:1, :shared], use_cache=True)  # [1, P, H]
-        cache = prefix.past_key_values
-        cache.batch_repeat_interleave(rows)
-        rest = decoder(input_ids=batch.input_ids[:, shared:], attention_mask=batch.attention_mask,
-                       past_key_values=cache, use_cache=True).last_hidden_state  # [B, T-P, H]
-        hidden = torch.cat([prefix.last_hidden_state.expand(rows, -1, -1), rest], dim=1)  # [B, T, H]
-    else:
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         use_cache=False).last_hidden_state  # [B, T, H]
-    # Position t predicts token t+1: shift labels left by one.
-    gold = batch.labels[:, 1:]
-    keep = gold != IGNORE  # [B, T-1]
-    return hidden[:, :-1][keep], gold[keep]
-
-
-def shared_prefix_length(model, encoded: Sequence[Row], batch: Batch) -> int:
-    """Length of the token prefix all examples share, if encoding it once per batch gives this model's
-    hidden states (checked on ``batch``, adapter active, eval mode); else 0."""
-    shared = len(os.path.commonprefix([ids for ids, _ in encoded]))
-    shared = min(shared, min(len(ids) for ids, _ in encoded) - 1)
-    if shared < 2:
-        return 0
-    decoder = model.get_base_model().get_decoder()
-    model.eval()
-    try:
-        with torch.no_grad():
-            plain, _ = _trained_hidden(decoder, batch)
-            once, _ = _trained_hidden(decoder, batch, shared)
-    except (TypeError, ValueError, AttributeError, RuntimeError):  # an architecture without this cache path
-        return 0
-    # Rounding differs between the two paths (more in half precision); a wrong path differs by O(1).
-    tolerance = 1e-4 if once.dtype == torch.float32 else 2e-2
-    return shared if float((once - plain).abs().max()) <= tolerance * float(plain.abs().max()) else 0
-
-
 def trained_positions(batch: Batch) -> int:
     return int((batch.labels[:, 1:] != IGNORE).sum())
 
@@ -126,7 +83,7 @@ def train_step(model, batches: Sequence[Batch], optimizer, scheduler, config: Tr
     or gradient is not finite or the loss exceeds ``config.max_loss``.
 
     ``total_positions``: trained positions of the whole step when other processes hold part of it;
-    ``shared``: leading tokens common to every row, encoded once per micro-batch (`_trained_hidden`).
+    ``shared``: leading tokens common to every row, encoded once per micro-batch (`knowpack.train.forward`).
     """
     causal_lm = model.get_base_model()
     decoder, head = causal_lm.get_decoder(), _output_head(causal_lm)
@@ -135,11 +92,11 @@ def train_step(model, batches: Sequence[Batch], optimizer, scheduler, config: Tr
     model.train()
     losses = torch.zeros(2)  # [cross-entropy, regularizer] of the step
     for batch in batches:
-        adapted_hidden, gold = _trained_hidden(decoder, batch, shared)  # [N, H], [N]
+        adapted_hidden, gold = trained_hidden(decoder, batch, shared)  # [N, H], [N]
         base_hidden = batch.base_hidden  # cached once for all epochs (`base_hidden_cache`), if it fit
         if regularize and base_hidden is None:
             with torch.no_grad(), model.disable_adapter():
-                base_hidden, _ = _trained_hidden(model.get_base_model().get_decoder(), batch, shared)
+                base_hidden, _ = trained_hidden(model.get_base_model().get_decoder(), batch, shared)
         ce, reg = chunked_losses(head, adapted_hidden, gold, base_hidden, config.regularizer, config.reg_direction,
                                  base_head=_base_output_head(model) if regularize else None)
         # Losses are means over a micro-batch's positions; weighting each by its share of the step's
