@@ -83,7 +83,9 @@ def add_lora(model, settings: LoraSettings, seed: int = 0):
     `save_adapter`'s conversion.
     """
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, lora_config(settings, model))
+    with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecated: not the user's concern
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, lora_config(settings, model))
     if settings.init in MUTATES_BASE:
         peft_model.knowpack_initial_adapter = adapter_state(peft_model)
     return peft_model
