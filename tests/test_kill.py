@@ -1,4 +1,5 @@
-"""Kill anywhere: SIGKILL `knowpack run` at four points, rerun, and get the uninterrupted result.
+"""Kill anywhere: SIGKILL `knowpack run` at four points, rerun, and get the uninterrupted result
+(training resumes from the checkpoint of its last finished epoch).
 
 Each kill is injected by a wrapper that patches one function of the pipeline to kill its own
 process on its N-th call (deterministic, no timing races), then runs the real CLI.
@@ -74,7 +75,10 @@ def test_killed_runs_resume_and_match_an_uninterrupted_run(tiny_model_dir, tmp_p
         reused = result.stderr.count("reused")
         assert reused >= finished_before, f"{where}: finished stages were not reused\n{result.stderr}"
         finished_before = reused
+        if where == "mid epoch":  # the third step is the second epoch's first: epoch 1 is checkpointed
+            assert [p.name for p in (killed / "checkpoints").iterdir()] == ["epoch-1"]
         if where == "writing the adapter":  # killed after save_pretrained, before the rename
+            assert "resuming from the checkpoint after epoch 1" in result.stderr  # not from the start
             assert not (killed / "adapter").exists()
             assert list(killed.glob(".adapter.*.tmp"))  # the abandoned staging folder
     # the adapter kill came before train finished, so the last kill reused facts and probe_before
@@ -83,6 +87,7 @@ def test_killed_runs_resume_and_match_an_uninterrupted_run(tiny_model_dir, tmp_p
     assert final.returncode == 0, final.stderr
     assert "✓ train: reused" in final.stderr and "✓ probe_after: reused" in final.stderr
     assert not list(killed.rglob(".*.tmp"))  # stale temporaries of killed writers cleaned up
+    assert not (killed / "checkpoints").exists()  # removed once the train stage was done
     expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())
     got = json.loads((killed / "metrics.json").read_text())
     # KL to base (and token shift's mean KL) is a tiny difference (~2e-5 nats on this random-weight model) of two forward passes,

@@ -200,8 +200,10 @@ def _audit(data: Path, preset, config_file, out, overrides, quiet) -> Path:
 def train(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt = None,
           overrides: OverridesArg = None, quiet: QuietOpt = False) -> None:
     """Train the LoRA adapter on the configured mixture (runs facts and probe first if needed)."""
+    from knowpack.train.stage import trained_dir_name
+
     run_dir = _run_until("train", preset, config, out, overrides, quiet)
-    typer.echo(str(run_dir / "adapter"))
+    typer.echo(str(run_dir / trained_dir_name(_resolve(preset, config, overrides).train)))
 
 
 @app.command("eval")

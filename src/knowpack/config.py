@@ -88,8 +88,16 @@ class LoraSettings(_Strict):
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["down_proj", "gate_proj", "up_proj"])
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["down_proj", "gate_proj", "up_proj"],
+        description="linear layer names, [all-linear], or the shorthands mlp / attention (a block's "
+                    "feed-forward / attention linear layers)")
     use_rslora: bool = True
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (magnitude + direction)")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="adapter initialisation (PEFT init_lora_weights); pissa and olora move part of "
+                               "the base weights into the adapter, and the saved adapter is converted back to "
+                               "a plain LoRA on the original base")
 
 
 class TrainConfig(_Strict):
@@ -106,6 +114,24 @@ class TrainConfig(_Strict):
         "forward", description="forward: KL(base||adapted); reverse: KL(adapted||base)")
     eval_every_epoch: bool = Field(True, description="greedy reliability after each epoch (first prompt)")
     seed: int = 42
+    method: Literal["lora", "full"] = Field(
+        "lora", description="lora: train the adapter in lora.*; full: full fine-tuning baseline (every weight, "
+                            "saved as a safetensors model in finetuned/)")
+    grad_accum_steps: int = Field(1, ge=1, description="split each batch of batch_size examples into this many "
+                                                       "micro-batches: same result, less memory")
+    max_loss: float = Field(1000.0, gt=0, description="stop when a step's loss exceeds this (diverged); "
+                                                      "nan/inf losses and gradients always stop")
+    keep_checkpoints: bool = Field(False, description="keep checkpoints/ (last epoch) after training succeeds")
+    export_merged: bool = Field(False, description="also write merged/: the adapter folded into the base, a "
+                                                   "plain safetensors model folder")
+    share_prefix: bool = Field(True, description="encode the prompt tokens every example shares (system turn, "
+                               "'Question:') once per micro-batch; used only where a check on the first batch "
+                               "gives this model's hidden states")
+    base_cache_mb: float = Field(1024.0, ge=0, description="regularizers: keep the base model's hidden states at "
+                                 "the trained positions (computed once) if they fit in this many MB; 0 = "
+                                 "recompute them with a base forward every step")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field(
+        "none", description="log losses per step to TensorBoard (run dir tensorboard/) or Weights & Biases")
 
 
 class EvalConfig(_Strict):

@@ -25,7 +25,9 @@ from knowpack.models import check_model_name, load_configured_model
 from knowpack.probe import categorize, probe_facts
 from knowpack.report import write_report
 from knowpack.rundir import RunDir, atomic_dir, fingerprint
-from knowpack.train import add_lora, build_mixture, train_adapter
+from knowpack.train import (Checkpoints, build_mixture, check_train_settings, export_merged, save_trained,
+                            train_adapter, trainable_model, trained_dir_name)
+from knowpack.train.stage import base_is_modified
 
 
 class Recipe:
@@ -37,6 +39,7 @@ class Recipe:
         # Before the run directory exists: a typo or missing data leaves nothing half-made.
         check_model_name(config.model.name)
         check_benchmark_data(config.eval)
+        check_train_settings(config.lora, config.train)
         self.run = RunDir(out)
         self.reuse_from = [RunDir(p) for p in reuse_from or [] if Path(p).is_dir()]
         self.console = console or Console(stderr=True)
@@ -93,40 +96,53 @@ class Recipe:
     def train_stage(self, upstream: str) -> str:
         c = self.config
         key = fingerprint("train", upstream, c.mixture.model_dump(), c.lora.model_dump(), c.train.model_dump())
+        trained_dir = trained_dir_name(c.train)
+        checkpoints = Checkpoints(self.run / "checkpoints", key)
 
         def compute():
             examples, unknown_ids = build_mixture(self.facts(), self.run.read_table("categories_before.parquet"),
                                                   c.mixture)
             self.run.write_text("train_set.jsonl", "".join(e.model_dump_json() + "\n" for e in examples))
             self.run.write_json("trained_facts.json", unknown_ids)
-            peft_model = add_lora(self.model, c.lora, seed=c.train.seed)
-            self._model = peft_model
-            by_epoch: list[float] = []
+            model = trainable_model(self.model, c.lora, c.train)
+            self._model = model
             trained = [f for f in self.facts() if f.fact_id in set(unknown_ids)]
 
-            def epoch_reliability(epoch: int, model) -> None:
+            def epoch_reliability(epoch: int, model) -> float | None:
                 if not c.train.eval_every_epoch:
-                    return
+                    return None
                 # One prompt set per epoch keeps the curve cheap; the final reliability uses all of them.
-                rows = probe_facts(model, self.tokenizer, trained, c.probe.model_copy(update={"num_prompts": 1}),
-                                   progress=False)
-                by_epoch.append(float(rows["correct"].mean()))
+                # Probe the causal LM under the adapter: probing a PeftModel merges the adapter into the base
+                # weights and back, and that float round-off would make training depend on this evaluation.
+                rows = probe_facts(model.get_base_model(), self.tokenizer, trained,
+                                   c.probe.model_copy(update={"num_prompts": 1}), progress=False)
+                return float(rows["correct"].mean())
 
-            stats = train_adapter(peft_model, self.tokenizer, examples, c.train, on_epoch_end=epoch_reliability,
-                                  progress=self.progress)
-            with atomic_dir(self.run / "adapter") as staging:
-                peft_model.save_pretrained(staging)
-            self.run.write_json("train_stats.json", {**asdict(stats), "reliability_by_epoch": by_epoch})
+            if (latest := checkpoints.latest()) is not None:
+                self.console.print(f"  resuming from the checkpoint after epoch {latest[0]}")
+            stats = train_adapter(model, self.tokenizer, examples, c.train, on_epoch_end=epoch_reliability,
+                                  progress=self.progress, checkpoints=checkpoints, log_dir=self.run / c.train.report_to)
+            save_trained(model, self.run / trained_dir, self.tokenizer)
+            if base_is_modified(c.lora, c.train) or c.train.export_merged:
+                self._model = None  # probe, evaluate and merge into the original base, loaded again
+            if c.train.export_merged:
+                with atomic_dir(self.run / "merged") as staging:
+                    export_merged(self.model, self.run / trained_dir, staging, self.tokenizer)
+                self._model = None  # merging consumed it
+            self.run.write_json("train_stats.json", {**asdict(stats), "reliability_by_epoch": stats.epoch_scores})
 
-        self._stage("train", key, ["train_set.jsonl", "trained_facts.json", "adapter", "train_stats.json"], compute)
+        outputs = ["train_set.jsonl", "trained_facts.json", trained_dir, "train_stats.json"]
+        self._stage("train", key, outputs + (["merged"] if c.train.export_merged else []), compute)
+        if not c.train.keep_checkpoints:
+            checkpoints.remove()  # only now: a kill before the stage is marked done still finds them
         return key
 
     def adapted_model(self):
-        """The base model with the run's adapter (loaded from adapter/ when training was reused)."""
+        """The base model with the run's adapter (loaded from adapter/ or finetuned/ when training was reused)."""
         from knowpack.train.lora import load_adapter
 
         if not hasattr(self.model, "disable_adapter"):
-            self._model = load_adapter(self.model, self.run / "adapter")
+            self._model = load_adapter(self.model, self.run / trained_dir_name(self.config.train))
             self._model.eval()
         return self._model
 

@@ -54,12 +54,16 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temp folder beside ``target``; on success it replaces ``target`` whole."""
+    """Yield a temp folder beside ``target``; on success its files are fsynced and it replaces ``target`` whole."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         with _disk_full_is_a_user_error(target):
             yield staging
+            for written in staging.rglob("*"):
+                if written.is_file():
+                    with open(written, "rb") as handle:
+                        os.fsync(handle.fileno())
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)

@@ -1,7 +1,8 @@
 """Tokenized training batches with answer-only labels and length grouping.
 
 In:  `TrainExample`s, a tokenizer, `loss_on` ("answer" or "sequence").
-Out: `Batch`es of input_ids / attention_mask / labels, right-padded to the longest row of the batch.
+Out: batches of similar length, split into micro-batches (`Batch`: input_ids / attention_mask / labels,
+     right-padded to the longest row of the micro-batch).
 
 The prompt (system + question, rendered with the chat template) and the answer ("Answer: X" plus the
 end-of-turn token) are tokenized separately and concatenated, so the answer span is known exactly;
@@ -20,6 +21,7 @@ from knowpack.probe.prompts import SYSTEM_PROMPT, uses_chat_template
 from knowpack.train.mixture import TrainExample
 
 IGNORE = -100
+Row = tuple[list[int], list[int]]  # (input ids, labels) of one example
 
 
 @dataclass
@@ -27,6 +29,11 @@ class Batch:
     input_ids: torch.Tensor       # [B, T]
     attention_mask: torch.Tensor  # [B, T]
     labels: torch.Tensor          # [B, T], IGNORE outside the trained span
+    base_hidden: torch.Tensor | None = None  # [N, H] base model's hidden states at the N trained positions
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+                     None if self.base_hidden is None else self.base_hidden.to(device))
 
 
 def encode_example(tokenizer, example: TrainExample, loss_on: str = "answer") -> tuple[list[int], list[int]]:
@@ -46,7 +53,7 @@ def encode_example(tokenizer, example: TrainExample, loss_on: str = "answer") ->
     return ids, labels
 
 
-def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Batch:
+def collate(rows: Sequence[Row], pad_id: int) -> Batch:
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -58,9 +65,8 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Batch:
     return Batch(input_ids, mask, labels)
 
 
-def length_grouped_batches(encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
-                           rng: random.Random) -> Iterator[Batch]:
-    """Batches of similar length (little padding) in a seeded random order."""
+def length_grouped_batches(encoded: Sequence[Row], batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Batches (lists of example indices) of similar length (little padding) in a seeded random order."""
     order = list(range(len(encoded)))
     rng.shuffle(order)
     # Sort within windows of 8 batches: close lengths share a batch, yet epochs still differ in order.
@@ -70,5 +76,19 @@ def length_grouped_batches(encoded: Sequence[tuple[list[int], list[int]]], batch
         grouped += sorted(order[start:start + window], key=lambda i: len(encoded[i][0]))
     batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
     rng.shuffle(batches)
-    for batch in batches:
-        yield collate([encoded[i] for i in batch], pad_id)
+    yield from batches
+
+
+def micro_batches(encoded: Sequence[Row], batch: Sequence[int], count: int, pad_id: int,
+                  base_cache: Sequence[torch.Tensor] | None = None) -> list[Batch]:
+    """One batch (example indices) split into ``count`` consecutive micro-batches (fewer if it has fewer
+    rows), each right-padded to its own longest row, with the cached base hidden states of its rows."""
+    count = min(count, len(batch))
+    parts = [batch[i * len(batch) // count:(i + 1) * len(batch) // count] for i in range(count)]
+    micro = []
+    for part in parts:
+        collated = collate([encoded[i] for i in part], pad_id)
+        if base_cache is not None:  # row by row, positions in order: the order of a [B, T] mask selection
+            collated.base_hidden = torch.cat([base_cache[i] for i in part])
+        micro.append(collated)
+    return micro
