@@ -68,6 +68,7 @@ def test_capacity_is_where_the_fitted_reliability_meets_the_target():
     found = capacity_estimate(table["config.mixture.n_unknown"], table["reliability"], TARGET, bootstrap=50, seed=0)
     assert found["capacity"] == pytest.approx(CAPACITY, rel=0.1)
     assert found["params"]["k"]["value"] == pytest.approx(K, rel=0.1)
+    assert found["warning"] is None
     assert found["capacity_observed"] == 10  # mean reliability at N=10 ≈ 0.9536, at N=30 ≈ 0.93
     assert not found["extrapolated"]
     again = capacity_estimate(table["config.mixture.n_unknown"], table["reliability"], TARGET, bootstrap=50, seed=0)
@@ -107,6 +108,15 @@ def test_fit_laws_groups_capacity_by_the_other_grid_fields_and_finds_the_pareto_
     # negative shift grows with rank and N while reliability falls with N: rank 1 dominates every other rank
     assert front and all("lora.rank=1" in item["config"].split(", ") for item in front)
     assert front[0]["reliability"] >= front[-1]["reliability"]
+
+
+def test_capacity_is_flagged_when_reliability_rises_with_n():
+    # The reproduce-cpu shape: with a fixed number of epochs, 10 facts get too few optimizer steps to be
+    # learned while 100 are, so reliability rises with N and the decreasing curve fits nothing.
+    n = np.repeat([1.0, 10.0, 50.0, 100.0], 3)
+    reliability = np.array([1, 1, 1, 0.8, 0.6, 0.87, 0.92, 0.85, 0.89, 0.94, 0.97, 0.9])
+    found = capacity_estimate(n, reliability, TARGET, bootstrap=20, seed=0)
+    assert "rises with N (10→50, 50→100)" in found["warning"]
 
 
 def test_pareto_front_keeps_only_undominated_configurations():

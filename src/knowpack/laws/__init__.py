@@ -173,14 +173,27 @@ def capacity_estimate(n: np.ndarray, reliability: np.ndarray, target: float = 0.
             break
         observed = float(value)
     interval = [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))] if samples else None
+    r2 = _r2(reliability, reliability_curve(n, top, 10 ** log_n50, k))
     return {"formula": "reliability = top / (1 + (N / n50)^k)", "n_points": len(n), "target": target,
             "params": {"top": _ci(top, errors[0], dof), "n50": {"value": 10 ** log_n50, "log10_stderr": float(errors[1])},
                        "k": _ci(k, errors[2], dof)},
-            "r2": _r2(reliability, reliability_curve(n, top, 10 ** log_n50, k)),
+            "r2": r2, "warning": _capacity_warning(means, r2),
             "capacity": estimate, "capacity_ci95": interval, "extrapolated": bool(estimate > n.max()),
             "bootstrap": {"samples": bootstrap, "failed": failed, "seed": seed},
             "capacity_observed": observed,
             "means": [[float(value), float(mean)] for value, mean in means.items()]}
+
+
+def _capacity_warning(means: pd.Series, r2: float) -> str | None:
+    """Why the fitted capacity should not be trusted, if it should not: the curve assumes reliability
+    falls as N grows, which fails when small N gets too few optimizer steps to learn (fixed epochs)."""
+    rises = [f"{a:g}→{b:g}" for (a, ra), (b, rb) in zip(means.items(), list(means.items())[1:]) if rb > ra + 0.02]
+    if rises:
+        return (f"mean reliability rises with N ({', '.join(rises)}): the decreasing curve does not describe these "
+                "runs (too few optimizer steps at small N? raise train.epochs); the fitted N* is not a capacity")
+    if not r2 >= 0.5:
+        return f"poor fit (R² {r2:.2f}): the fitted N* is not a reliable capacity"
+    return None
 
 
 def pareto_front(frame: pd.DataFrame, benefit: str, cost: str) -> list[dict[str, Any]]:

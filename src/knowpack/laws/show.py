@@ -43,6 +43,8 @@ def law_rows(laws: dict[str, Any]) -> list[list[str]]:
                 else "no tested N reaches the target")
         if entry["extrapolated"]:
             note += "; estimate beyond the largest N tested"
+        if entry.get("warning"):
+            note += f"; {entry['warning']}"
         params = "; ".join(f"{key} = {_value(value)}" for key, value in entry["params"].items())
         rows.append([title, f"N* = {entry['capacity']:.4g}{span} facts ({params})", str(entry["n_points"]), note])
     for key, front in laws["pareto"].items():

@@ -113,7 +113,8 @@ def _reliability(done: pd.DataFrame, metrics: dict[str, dict], laws: dict) -> Se
         curves[f"fit: {name}"] = (xs, reliability_curve(xs, top, n50, k))
         interval = entry["capacity_ci95"]
         capacities.append([name, f"{entry['capacity']:.3g}" + (f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else ""),
-                           "—" if entry["capacity_observed"] is None else f"{entry['capacity_observed']:g}"])
+                           "—" if entry["capacity_observed"] is None else f"{entry['capacity_observed']:g}",
+                           entry.get("warning") or ""])
     table = done.assign(n=pd.to_numeric(done[N_FIELD]))
     rows = [[name, int(n), _mean_pm(group["reliability"])]
             for (name, n), group in table.groupby(["series", "n"], sort=False)]
@@ -122,7 +123,7 @@ def _reliability(done: pd.DataFrame, metrics: dict[str, dict], laws: dict) -> Se
     if capacities:
         text += (f"\n\nCapacity: the largest N whose fitted reliability stays ≥ {laws['target']:g} (95% bootstrap "
                  "interval), and the largest tested N whose mean stays there (dashed curves in the figure):\n\n"
-                 + md_table(["mixture", "fitted capacity N*", "largest tested N"], capacities))
+                 + md_table(["mixture", "fitted capacity N*", "largest tested N", "warning"], capacities))
     section = Section("reliability", "Reliability vs N and by epoch", text)
     if series and len(series) <= MAX_LINES:
         section.figures.append(plots.lines(series, N_LABEL, "reliability (share correct)",
