@@ -18,7 +18,7 @@ def test_grid_product_joined_fields_and_variants():
     assert points[4] == {"mixture.known_per_fact": 1, "mixture.n_unknown": 1, "mixture.seed": 1, "train.seed": 1}
 
 
-@pytest.mark.parametrize("name, runs", [("reproduce-cpu", 36), ("reproduce-paper", 90)])
+@pytest.mark.parametrize("name, runs", [("reproduce-cpu", 36), ("reproduce-paper", 90), ("regularizers-cpu", 5)])
 def test_shipped_sweeps_resolve_by_name(name, runs):
     assert name in shipped_sweeps()
     path = sweep_path(name)
@@ -69,7 +69,7 @@ def test_cli_errors_for_sweeps_are_one_line(run_cli, tmp_path):
         (["sweep", "--config", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "a")],
          "unknown field 'mixture.n_unknwn'; did you mean 'mixture.n_unknown'?"),
         (["sweep", "--config", "reproduce-gpu", "--out", str(tmp_path / "b")],
-         "no shipped sweep config of that name (shipped: reproduce-cpu, reproduce-paper)"),
+         "no shipped sweep config of that name (shipped: regularizers-cpu, reproduce-cpu, reproduce-paper)"),
         (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "c"), "--workers", "0"],
          "--workers 0: give at least 1"),
         (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "d"), "--executor", "slurm"],
