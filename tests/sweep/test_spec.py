@@ -18,7 +18,7 @@ def test_grid_product_joined_fields_and_variants():
     assert points[4] == {"mixture.known_per_fact": 1, "mixture.n_unknown": 1, "mixture.seed": 1, "train.seed": 1}
 
 
-@pytest.mark.parametrize("name, runs", [("reproduce-cpu", 36), ("reproduce-paper", 90), ("regularizers-cpu", 5)])
+@pytest.mark.parametrize("name, runs", [("reproduce-cpu", 36), ("reproduce-paper", 90), ("regularizers-cpu", 6)])
 def test_shipped_sweeps_resolve_by_name(name, runs):
     assert name in shipped_sweeps()
     path = sweep_path(name)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -83,8 +85,7 @@ def add_lora(model, settings: LoraSettings, seed: int = 0):
     `save_adapter`'s conversion.
     """
     torch.manual_seed(seed)
-    with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecated: not the user's concern
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with _peft_deprecation_quiet():
         peft_model = get_peft_model(model, lora_config(settings, model))
     if settings.init in MUTATES_BASE:
         peft_model.knowpack_initial_adapter = adapter_state(peft_model)
@@ -142,7 +143,16 @@ def load_adapter(model, adapter_dir: str | Path):
 
         return load_finetuned(model, folder)
     check_adapter_fits(model, folder)
-    return PeftModel.from_pretrained(model, str(folder), use_safetensors=True)
+    with _peft_deprecation_quiet():
+        return PeftModel.from_pretrained(model, str(folder), use_safetensors=True)
+
+
+@contextmanager
+def _peft_deprecation_quiet() -> Iterator[None]:
+    """PEFT reads a property transformers 5 deprecated: a warning that is not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def is_full_model_folder(folder: Path) -> bool:
