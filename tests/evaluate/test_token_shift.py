@@ -62,5 +62,6 @@ def test_prompts_longer_than_the_context_are_left_out_with_a_warning(tiny_model,
     with pytest.warns(KnowpackWarning, match="1 of 2 prompts do not fit in the model's 48 positions"):
         result = token_shift(adapted, smollm2_tokenizer, ["Who?", long_prompt], max_new_tokens=4)
     assert 0 < result["tokens"] <= 4  # only the short prompt was answered
-    with pytest.raises(KnowpackError, match="no prompt fits in the model's 48 positions"):
+    with pytest.warns(KnowpackWarning, match="1 of 1 prompts"), \
+            pytest.raises(KnowpackError, match="no prompt fits in the model's 48 positions"):
         token_shift(adapted, smollm2_tokenizer, [long_prompt], max_new_tokens=4)
