@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 
 from knowpack import load_model  # noqa: E402
 from knowpack.evaluate.benchmarks import BENCHMARKS, load_mmlu, load_truthfulqa, score_benchmark  # noqa: E402
+from knowpack.sweep.results import load_results  # noqa: E402
 from knowpack.train.lora import load_adapter  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     index, count = map(int, args.shard.split("/"))
 
-    table = pd.read_parquet(args.sweep / "results.parquet")
+    table, _ = load_results(args.sweep)  # schema-checked; rebuilt from runs/ when missing or old
     table = table[table.status == "done"]
     if args.seed_filter is not None:
         table = table[table["train.seed"] == args.seed_filter]
