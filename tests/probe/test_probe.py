@@ -39,6 +39,7 @@ def test_shared_prefix_attention_gives_the_logits_of_full_prompts(tiny_model, sm
     """One copy of the prefix's keys/values, read by every row, left-padded rows of different lengths."""
     from transformers import DynamicCache
 
+    from knowpack.hf_compat import cache_kwargs
     from knowpack.probe.generate import _encode_prefix
     from knowpack.probe.prefix_attention import prefix_keys_values, shared_prefix_attention, supports_shared_prefix
 
@@ -52,8 +53,8 @@ def test_shared_prefix_attention_gives_the_logits_of_full_prompts(tiny_model, sm
     mask = own[:, None, None, :] & torch.ones(width, width, dtype=torch.bool).tril()
     shared = prefix_keys_values(_encode_prefix(tiny_model, prefix))
     with torch.no_grad(), shared_prefix_attention(tiny_model):
-        logits = tiny_model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=DynamicCache(),
-                            shared_prefix=shared).logits
+        logits = tiny_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            **cache_kwargs(DynamicCache()), shared_prefix=shared).logits
     assert tiny_model.config._attn_implementation == "sdpa"  # switched back after the block
     for row, suffix in enumerate(suffixes):
         with torch.no_grad():

@@ -32,6 +32,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from knowpack.errors import KnowpackError
+from knowpack.hf_compat import cache_kwargs, output_cache
 from knowpack.jsonio import read_json_file
 from knowpack.offline_data import hf_dataset_dir
 
@@ -139,9 +140,9 @@ def _forward(model, inputs: list[list[int]], past: _Past | None, keep: int) -> t
     mask = torch.cat([past.mask, row_mask], dim=1) if past else row_mask  # [B, K + S]
     extra = {"logits_to_keep": keep} if _takes_logits_to_keep(model) else {}
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                past_key_values=past.cache if past else None, use_cache=True, **extra)
+                **cache_kwargs(past.cache if past else None), use_cache=True, **extra)
     # Some models ignore logits_to_keep; slicing again is a no-op for the rest.
-    return out.logits[:, -keep:], _Past(out.past_key_values, mask, start + row_mask.sum(dim=1))
+    return out.logits[:, -keep:], _Past(output_cache(out), mask, start + row_mask.sum(dim=1))
 
 
 def _takes_logits_to_keep(model) -> bool:
@@ -265,7 +266,8 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
 # Data
 # --------------------------------------------------------------------------------------------
 
-TRUTHFULQA_FILE = Path("shared/data/truthfulqa/mc_task.json")
+# The official mc_task.json ships inside the package (Apache-2.0; LICENSE and SOURCE.md beside it).
+TRUTHFULQA_FILE = Path(__file__).resolve().parents[1] / "data" / "truthfulqa" / "mc_task.json"
 TRUTHFULQA_ENV = "KNOWPACK_TRUTHFULQA"
 TRUTHFULQA_HUB = ("truthfulqa/truthful_qa", "multiple_choice")
 
@@ -320,23 +322,19 @@ def load_mmlu(n_questions: int | None = None, *, shots: int = 5, seed: int = 0,
     return docs
 
 
-def find_truthfulqa(search_from: Sequence[Path] | None = None) -> Path:
-    """$KNOWPACK_TRUTHFULQA, else shared/data/truthfulqa/mc_task.json above the cwd or this package."""
+def find_truthfulqa() -> Path:
+    """$KNOWPACK_TRUTHFULQA when set, else the official mc_task.json shipped in the package."""
     env = os.environ.get(TRUTHFULQA_ENV)
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
             raise KnowpackError(f"truthfulqa: {TRUTHFULQA_ENV}={env} is not a file; "
-                                "point it at the official mc_task.json")
+                                "point it at the official mc_task.json or unset it to use the shipped copy")
         return path
-    starts = [Path.cwd(), Path(__file__).resolve().parent] if search_from is None else list(search_from)
-    for start in starts:
-        for folder in [start, *start.parents]:
-            if (folder / TRUTHFULQA_FILE).is_file():
-                return folder / TRUTHFULQA_FILE
-    raise KnowpackError(
-        f"truthfulqa: no {TRUTHFULQA_FILE} in or above {', '.join(map(str, starts))} and ${TRUTHFULQA_ENV} is unset; "
-        f"pass truthfulqa_path=<mc_task.json>, set {TRUTHFULQA_ENV}, or load it from the hub with source='hub'")
+    if not TRUTHFULQA_FILE.is_file():
+        raise KnowpackError(f"truthfulqa: the shipped {TRUTHFULQA_FILE} is missing; reinstall knowpack "
+                            f"(pip install --force-reinstall -e .), or set {TRUTHFULQA_ENV} or truthfulqa_path")
+    return TRUTHFULQA_FILE
 
 
 def load_truthfulqa(n_questions: int | None = None, *, seed: int = 0, path: str | Path | None = None,

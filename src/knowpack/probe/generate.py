@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from knowpack.hf_compat import cache_kwargs, output_cache
 from knowpack.probe.prefix_attention import prefix_keys_values, shared_prefix_attention, supports_shared_prefix
 
 
@@ -38,7 +39,7 @@ def _encode_prefix(model, prefix_ids: Sequence[int]):
     ids = torch.tensor([list(prefix_ids)], device=model.device)
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    return out.past_key_values
+    return output_cache(out)
 
 
 def _next_tokens(logits: torch.Tensor, settings: DecodeSettings, generator: torch.Generator | None) -> torch.Tensor:
@@ -86,9 +87,9 @@ def _decode_batch(model, prefix_cache, prefix_len: int, suffixes: list[list[int]
     with torch.no_grad():
         for _ in range(settings.max_new_tokens):
             out = model(input_ids=step_ids.to(device), attention_mask=attention_mask.to(device),
-                        position_ids=step_positions.to(device), past_key_values=cache, use_cache=True,
+                        position_ids=step_positions.to(device), **cache_kwargs(cache), use_cache=True,
                         logits_to_keep=1)
-            cache = out.past_key_values
+            cache = output_cache(out)
             tokens = _next_tokens(out.logits[:, -1, :], settings, generator).cpu()  # [B_alive]
             keep = []
             for i, token in enumerate(tokens.tolist()):
@@ -134,8 +135,8 @@ def _prefill(model, shared_prefix: list, prefix_len: int, suffixes: list[list[in
 def _run(model, input_ids, mask, position_ids, cache, shared_prefix) -> tuple[torch.Tensor, object]:
     device = model.device
     out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
-                past_key_values=cache, use_cache=True, logits_to_keep=1, shared_prefix=shared_prefix)
-    return out.logits[:, -1, :], out.past_key_values
+                **cache_kwargs(cache), use_cache=True, logits_to_keep=1, shared_prefix=shared_prefix)
+    return out.logits[:, -1, :], output_cache(out)
 
 
 def _join(a: _Rows | None, b: _Rows) -> _Rows:

@@ -99,10 +99,13 @@ class LocalExecutor:
 
 
 def _run_logged(command: list[str], log_path: str, env: dict[str, str]) -> int:
-    """Ray task body: the same worker process as the local executor, on whichever node Ray picked."""
+    """Ray task body: the same worker process as the local executor, on whichever node Ray picked.
+
+    The worker dies with this Ray worker process (as a local one dies with the sweep): Ray ends a job's
+    workers when its driver, the sweep, dies, and no orphan then goes on writing into the run."""
     with open(log_path, "ab") as log:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env={**os.environ, **env}).returncode
+                              env={**os.environ, **env, PARENT_ENV: str(os.getpid())}).returncode
 
 
 def check_address(address: str, timeout: float) -> None:
@@ -122,6 +125,18 @@ def check_address(address: str, timeout: float) -> None:
                             "local Ray") from err
 
 
+def use_cluster_token() -> None:
+    """Ray 2.60's ``ray start`` turns on token authentication and writes the token to ~/.ray/auth_token,
+    but a driver only sends it with RAY_AUTH_MODE=token; without, it retries unauthenticated for 30 s and
+    fails. When the user has not chosen a mode and a token is at hand, send it (a cluster without
+    authentication accepts a driver that sends one)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 class RayExecutor:
     """Tasks on a Ray cluster (``address``) or on a local Ray started here with ``workers`` CPUs.
 
@@ -131,6 +146,8 @@ class RayExecutor:
     """
 
     def __init__(self, workers: int, address: str | None, timeout: float):
+        if address:
+            use_cluster_token()  # before `import ray`, which reads RAY_AUTH_MODE once
         try:
             import ray
         except ImportError as err:

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import torch
 
+from knowpack.hf_compat import cache_kwargs, output_cache
 from knowpack.train.data import IGNORE, Batch, Row
 
 PACK_LIMIT = 512  # tokens in one packed row; measured on CPU: packing wins at batch 8, ties at 16, loses at 32
@@ -68,10 +69,10 @@ def _packed(decoder, batch: Batch, shared: int, lengths: torch.Tensor) -> torch.
 def _cached(decoder, batch: Batch, shared: int) -> torch.Tensor:
     rows = batch.input_ids.shape[0]
     prefix = decoder(input_ids=batch.input_ids[:1, :shared], use_cache=True)  # [1, P, H]
-    cache = prefix.past_key_values
+    cache = output_cache(prefix)
     cache.batch_repeat_interleave(rows)
     rest = decoder(input_ids=batch.input_ids[:, shared:], attention_mask=batch.attention_mask,
-                   past_key_values=cache, use_cache=True).last_hidden_state  # [B, T-P, H]
+                   **cache_kwargs(cache), use_cache=True).last_hidden_state  # [B, T-P, H]
     return torch.cat([prefix.last_hidden_state.expand(rows, -1, -1), rest], dim=1)  # [B, T, H]
 
 
