@@ -164,3 +164,21 @@ def test_ray_not_installed_is_one_line(tmp_path, run_cli, monkeypatch):
     _one_line(run_cli("sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "s"), "--executor", "ray"),
               "--executor ray: Ray is not installed; pip install 'knowpack[ray]'")
     assert not (tmp_path / "s").exists()
+
+
+def test_the_cluster_token_is_sent_only_when_the_user_chose_no_mode(tmp_path, monkeypatch):
+    from knowpack.sweep.executors import use_cluster_token
+
+    token = tmp_path / "auth_token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "recorded")  # so that the test's own setting is undone afterwards
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    use_cluster_token()
+    assert "RAY_AUTH_MODE" not in os.environ  # no token anywhere: leave Ray's default
+    token.write_text("0" * 64)
+    use_cluster_token()
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    use_cluster_token()
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"  # the user's choice stands
