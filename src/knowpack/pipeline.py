@@ -148,7 +148,8 @@ class Recipe:
 
     def heldout_and_trained(self) -> tuple[list[Fact], list[str]]:
         trained_ids = self.run.read_json("trained_facts.json")
-        in_train = {json.loads(line)["fact_id"] for line in (self.run / "train_set.jsonl").open()}
+        lines = (self.run / "train_set.jsonl").read_text(encoding="utf-8").splitlines()
+        in_train = {json.loads(line)["fact_id"] for line in lines if line.strip()}
         heldout = [f for f in self.facts() if f.fact_id not in in_train]
         limit = self.config.eval.heldout_facts
         if limit is not None and limit < len(heldout):
