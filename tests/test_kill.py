@@ -40,7 +40,7 @@ main()
 
 # (where, module, attribute, class or "-", the call that kills)
 KILL_POINTS = [
-    ("probing", "knowpack.probe.generate", "_encode_prefix", "-", 2),
+    ("probing", "knowpack.lm.decode", "encode_prefix", "-", 2),
     ("mid epoch", "knowpack.train.loop", "train_step", "-", 3),
     ("writing the adapter", "peft", "save_pretrained", "PeftModel", 1),
     ("evaluation", "knowpack.evaluate.benchmarks", "loglikelihood", "-", 2),

@@ -173,7 +173,7 @@ def probe(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt =
 
 
 def _audit(data: Path, preset, config_file, out, overrides, quiet) -> Path:
-    from knowpack.models import check_model_name, load_configured_model
+    from knowpack.models import check_model_settings, load_configured_model
     from knowpack.probe import categorize, probe_facts
     from knowpack.probe.audit import read_qa_dataset
     import pandas as pd
@@ -183,7 +183,7 @@ def _audit(data: Path, preset, config_file, out, overrides, quiet) -> Path:
 
     config = _resolve(preset, config_file, overrides)
     facts = read_qa_dataset(data)
-    check_model_name(config.model.name)
+    check_model_settings(config.model)
     run = RunDir(out or Path("runs") / f"audit-{data.stem}")
     run.write_text("config.yaml", config_to_yaml(config))
     model, tokenizer = load_configured_model(config.model)
@@ -236,12 +236,12 @@ def token_shift_command(
     import json
 
     from knowpack.evaluate.token_shift import token_shift
-    from knowpack.models import check_model_name, load_configured_model
+    from knowpack.models import check_model_settings, load_configured_model
     from knowpack.train.lora import check_adapter_files, load_adapter
 
     settings = _resolve(preset, config, overrides)
     check_adapter_files(adapter)
-    check_model_name(settings.model.name)
+    check_model_settings(settings.model)
     if prompts is not None:
         if not prompts.is_file():
             raise KnowpackError(f"--prompts {prompts}: no such file; give a text file, one prompt per line")
@@ -333,7 +333,7 @@ def main() -> None:
         console.print("aborted")
         sys.exit(130)
     except MemoryError:
-        console.print("error: out of memory; lower probe.batch_size / train.batch_size, use model.dtype=bfloat16, "
+        console.print("error: out of memory; lower probe.batch_size / train.batch_size, use model.dtype=bfloat16 (on hardware with bf16), "
                       "or a smaller model (finished stages are kept; rerun to resume)")
         sys.exit(3)
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     name: str = Field("smollm2-135m-instruct", description="embedded name, hub id or local folder")
-    dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    dtype: str = Field("auto", description="auto (fp32 on CPU, bf16 on GPUs that have it), float32, bfloat16 (refused where it would be emulated), float16")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     trust_remote_code: bool = Field(False, description="run model code from the hub; off unless you trust it")
 

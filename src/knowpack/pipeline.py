@@ -21,7 +21,7 @@ from rich.console import Console
 from knowpack.config import RunConfig, config_to_yaml
 from knowpack.evaluate import check_benchmark_data, evaluate_run
 from knowpack.facts import Fact, build_facts, facts_to_jsonl, read_facts
-from knowpack.models import check_model_name, load_configured_model
+from knowpack.models import check_model_settings, load_configured_model
 from knowpack.probe import categorize, probe_facts
 from knowpack.report import write_report
 from knowpack.rundir import RunDir, atomic_dir, fingerprint
@@ -37,7 +37,7 @@ class Recipe:
                  reuse_from: list[Path] | None = None):
         self.config = config
         # Before the run directory exists: a typo or missing data leaves nothing half-made.
-        check_model_name(config.model.name)
+        check_model_settings(config.model)
         check_benchmark_data(config.eval)
         check_train_settings(config.lora, config.train)
         self.run = RunDir(out)

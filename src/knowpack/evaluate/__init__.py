@@ -109,13 +109,13 @@ def evaluate_adapter(config, adapter_dir: str | Path, out: str | Path, *, progre
     """
     from knowpack.config import config_to_yaml
     from knowpack.facts import build_facts, facts_to_jsonl
-    from knowpack.models import check_model_name, load_configured_model
+    from knowpack.models import check_model_settings, load_configured_model
     from knowpack.probe import categorize, probe_facts
     from knowpack.train.lora import check_adapter_files, load_adapter
 
     adapter_dir = Path(adapter_dir)
     check_adapter_files(adapter_dir)
-    check_model_name(config.model.name)
+    check_model_settings(config.model)
     check_benchmark_data(config.eval)
     run = RunDir(out)
     with run.lock():

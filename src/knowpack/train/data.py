@@ -17,10 +17,10 @@ from typing import Iterator, Sequence
 
 import torch
 
+from knowpack.lm.training import IGNORE
 from knowpack.probe.prompts import SYSTEM_PROMPT, uses_chat_template
 from knowpack.train.mixture import TrainExample
 
-IGNORE = -100
 Row = tuple[list[int], list[int]]  # (input ids, labels) of one example
 
 

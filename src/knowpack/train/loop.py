@@ -33,7 +33,7 @@ from knowpack.config import TrainConfig
 from knowpack.errors import KnowpackError
 from knowpack.train.checkpoint import Checkpoints
 from knowpack.train.data import IGNORE, Batch, Row, collate, encode_example, length_grouped_batches, micro_batches
-from knowpack.train.forward import shared_prefix_length, trained_hidden
+from knowpack.lm.training import shared_prefix_length, trained_hidden
 from knowpack.train.losses import chunked_losses
 from knowpack.train.mixture import TrainExample
 from knowpack.train.tracking import open_tracker
@@ -83,7 +83,7 @@ def train_step(model, batches: Sequence[Batch], optimizer, scheduler, config: Tr
     or gradient is not finite or the loss exceeds ``config.max_loss``.
 
     ``total_positions``: trained positions of the whole step when other processes hold part of it;
-    ``shared``: leading tokens common to every row, encoded once per micro-batch (`knowpack.train.forward`).
+    ``shared``: leading tokens common to every row, encoded once per micro-batch (`knowpack.lm.training`).
     """
     causal_lm = model.get_base_model()
     decoder, head = causal_lm.get_decoder(), _output_head(causal_lm)

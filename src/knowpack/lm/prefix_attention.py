@@ -1,7 +1,7 @@
 """Shared-prefix attention (Hydragen, Juravsky et al. 2024): one copy of the few-shot prefix's keys/values.
 
 In:  query / key / value of the rows being decoded (their own tokens only) and, through the forward
-     call's ``shared_prefix`` keyword, the prefix's per-layer keys and values ``[kv_heads, P, head_dim]``.
+     call's ``shared_prefix`` keyword (`cache.extend(..., shared_prefix=)`), the prefix's per-layer keys and values ``[kv_heads, P, head_dim]``.
 Out: the attention output over [prefix | row's own tokens], as if each row's cache held the prefix.
 
 Why: with the prefix copied into every row's cache, each decoding step reads B copies of it and
@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+
+from knowpack.lm.cache import can_reuse_cache, causal_lm
 
 NAME = "knowpack_shared_prefix"
 SUPPORTED_BASES = ("sdpa", "eager")
@@ -59,42 +61,28 @@ def _register() -> None:
     AttentionInterface.register(NAME, shared_prefix_forward)
 
 
-def _causal_lm(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def supports_shared_prefix(model) -> bool:
     """Plain full attention in every layer: no sliding window, no soft-capping, layers know their index."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    config = _causal_lm(model).config
+    config = causal_lm(model).config
     if getattr(config, "_attn_implementation", None) not in SUPPORTED_BASES:
         return False
     if getattr(config, "attn_logit_softcapping", None) or getattr(config, "sliding_window", None):
         return False
-    try:
-        layers = DynamicCache(config=config).layers
-    except Exception:
+    if not can_reuse_cache(model):
         return False
-    attention = [m for m in _causal_lm(model).modules() if hasattr(m, "num_key_value_groups")]
-    return (bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
-            and len(attention) == len(layers) and all(hasattr(m, "layer_idx") for m in attention))
+    attention = [m for m in causal_lm(model).modules() if hasattr(m, "num_key_value_groups")]
+    return len(attention) == getattr(config, "num_hidden_layers", -1) and all(hasattr(m, "layer_idx") for m in attention)
 
 
 @contextmanager
 def shared_prefix_attention(model) -> Iterator[None]:
     """Switch the model's attention to `NAME` for the block (then back to what it was)."""
-    causal_lm = _causal_lm(model)
-    previous = causal_lm.config._attn_implementation
+    lm = causal_lm(model)
+    previous = lm.config._attn_implementation
     _register()
-    causal_lm.set_attn_implementation(NAME)
+    lm.set_attn_implementation(NAME)
     try:
         yield
     finally:
-        causal_lm.set_attn_implementation(previous)
+        lm.set_attn_implementation(previous)
 
-
-def prefix_keys_values(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer (keys, values) [Hkv, P, d] of a batch-1 prefix cache."""
-    return [(layer.keys[0], layer.values[0]) for layer in cache.layers]

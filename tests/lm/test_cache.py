@@ -6,7 +6,7 @@ import warnings
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
-from knowpack.hf_compat import CACHE_ARG, cache_kwargs, output_cache
+from knowpack.lm.cache import CACHE_ARG, cache_kwargs, output_cache
 
 
 def test_the_cache_name_is_the_one_the_model_forward_takes():

@@ -1,7 +1,8 @@
 """The decoder's hidden states at the trained positions, with the prompt prefix every example shares
 encoded once per micro-batch instead of once per row.
 
-In:  a decoder (``causal_lm.get_decoder()``), a right-padded `Batch`, the shared prefix length P.
+In:  a decoder (``causal_lm.get_decoder()``), a right-padded batch (``input_ids``, ``attention_mask``,
+     ``labels`` [B, T], `IGNORE` where no loss; `knowpack.train.data.Batch`), the shared prefix length P.
 Out: ``(hidden [N, H], gold [N])`` at the N positions whose next token carries the loss.
 
 Every fact's prompt starts with the same tokens (system turn, "Question:"; ~40% of a fact's tokens).
@@ -17,12 +18,14 @@ Two exact ways to encode them once, chosen by size:
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
-from knowpack.hf_compat import cache_kwargs, output_cache
-from knowpack.train.data import IGNORE, Batch, Row
+from knowpack.lm.cache import cache_kwargs, output_cache
+
+IGNORE = -100  # label of positions without loss (PyTorch's cross-entropy convention)
+Batch = Any    # knowpack.train.data.Batch: input_ids, attention_mask, labels [B, T]
 
 PACK_LIMIT = 512  # tokens in one packed row; measured on CPU: packing wins at batch 8, ties at 16, loses at 32
 
@@ -76,7 +79,7 @@ def _cached(decoder, batch: Batch, shared: int) -> torch.Tensor:
     return torch.cat([prefix.last_hidden_state.expand(rows, -1, -1), rest], dim=1)  # [B, T, H]
 
 
-def shared_prefix_length(model, encoded: Sequence[Row], batch: Batch) -> int:
+def shared_prefix_length(model, encoded: Sequence[tuple[list[int], list[int]]], batch: Batch) -> int:
     """Length of the token prefix all examples share, if both ways of encoding it once give this
     model's hidden states (checked on ``batch``, adapter active, eval mode); else 0."""
     shared = len(os.path.commonprefix([ids for ids, _ in encoded]))

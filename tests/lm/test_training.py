@@ -4,12 +4,12 @@ states and gradients."""
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_tiny_llama
+
 from knowpack.config import LoraSettings
+from knowpack.lm.training import hidden_states, shared_prefix_length, trained_hidden
 from knowpack.train import add_lora
 from knowpack.train.data import collate, encode_example
-from knowpack.train.forward import hidden_states, shared_prefix_length, trained_hidden
 from knowpack.train.loop import _output_head
 from knowpack.train.mixture import TrainExample
 

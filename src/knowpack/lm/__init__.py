@@ -1,0 +1,17 @@
+"""The LM core: every forward pass knowpack makes, in one place.
+
+In:  a causal LM (plain or PEFT-wrapped) and token ids.
+Out: generated ids (`decode`), log-likelihoods of continuations (`score`), hidden states at the
+     trained positions for a training step (`training`), KL divergences (`kl`).
+
+Probe, train and evaluate all call it. Built from one primitive, `cache.extend` (rows of new
+tokens on top of each row's keys/values), and one optimization per module, each explained in its
+docstring and tested against a plain forward:
+- `cache`: the `Past` of each row, left-padded batches, explicit positions, the cache-argument name;
+- `prefix_attention`: one copy of a shared prefix read by every row (Hydragen);
+- `decode`: batched greedy / seeded sampled decoding with per-row stopping and continuous batching;
+- `score`: lm-eval-style log-likelihoods, the few-shot block run once;
+- `training`: the training forward with the shared prompt prefix packed or cached;
+- `kl`: KL(p‖q) per position;
+- `precision`: fp32, or bf16 where the hardware has it (detection and fallback).
+"""
