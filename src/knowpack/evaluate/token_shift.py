@@ -65,8 +65,8 @@ def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens:
             with adapted_model.disable_adapter():
                 base = extend(adapted_model, None, inputs, pad_id=pad_id, keep=keep)[0].float()
             chosen, generated = left_padded([answer for _, answer in rows], pad_id)  # [B, keep]
+            generated = (generated & (chosen != pad_id)).to(base.device)
             chosen = chosen.to(base.device)
-            generated = (generated & (chosen.cpu() != pad_id)).to(base.device)
             base_log = base.log_softmax(-1)
             chosen_base = base.gather(-1, chosen[..., None])
             rank = (base > chosen_base).sum(-1) + 1

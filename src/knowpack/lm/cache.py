@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -63,7 +64,13 @@ def can_reuse_cache(model) -> bool:
 
 
 def _takes_logits_to_keep(model) -> bool:
-    return "logits_to_keep" in inspect.signature(causal_lm(model).forward).parameters  # PEFT passes kwargs on
+    return _forward_takes_logits_to_keep(type(causal_lm(model)))  # PEFT passes kwargs on
+
+
+@lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(model_class: type) -> bool:
+    # Once per model class: `extend` runs on every decoding step, and inspect.signature is not free.
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 @dataclass
