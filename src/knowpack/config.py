@@ -138,11 +138,15 @@ class TrainConfig(_Strict):
 
 class EvalConfig(_Strict):
     heldout_facts: int | None = Field(None, ge=0, description="held-out facts re-probed for shifts; None = all")
-    benchmarks: list[Literal["mmlu", "truthfulqa", "arc_easy", "arc_challenge"]] = Field(default_factory=lambda: ["mmlu"])
+    benchmarks: list[Literal["mmlu", "truthfulqa", "truthfulqa_gen", "arc_easy", "arc_challenge"]] = Field(
+        default_factory=lambda: ["mmlu"])
     benchmark_questions: int | None = Field(100, ge=1, description="questions per benchmark; None = all")
     mmlu_shots: int = Field(5, ge=0)
     truthfulqa_path: str | None = Field(None, description="mc_task.json; default: $KNOWPACK_TRUTHFULQA, else the copy shipped in the package")
-    truthfulqa_source: Literal["local", "hub"] = Field("local", description="hub: truthfulqa/truthful_qa (online)")
+    truthfulqa_gen_path: str | None = Field(None, description="TruthfulQA.csv for truthfulqa_gen; default: "
+                                            "$KNOWPACK_TRUTHFULQA_GEN, else the copy shipped in the package")
+    truthfulqa_source: Literal["local", "hub"] = Field("local", description="hub: truthfulqa/truthful_qa (online), "
+                                                       "for truthfulqa and truthfulqa_gen")
     forgetting_passages: int = Field(32, ge=0, description="held-out passages for forgetting metrics; 0 = skip")
     forgetting_text: str | None = Field(None, description="text file, one passage per line; default: LAMBADA")
     token_shift_prompts: int = Field(16, ge=0, description="held-out questions answered for token shift; 0 = skip")

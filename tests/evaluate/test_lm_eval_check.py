@@ -48,3 +48,28 @@ def test_missing_lm_eval_is_one_clear_error(monkeypatch, smollm2_tokenizer):
     monkeypatch.setitem(sys.modules, "lm_eval.tasks", None)  # import fails as if not installed
     with pytest.raises(KnowpackError, match=r"pip install 'knowpack\[lm-eval\]'"):
         lm_eval_scores(None, smollm2_tokenizer, mmlu_docs=load_mmlu(1, shots=0))
+
+
+def test_truthfulqa_gen_answers_and_scores_equal_lm_eval(smollm2_tokenizer):
+    """Same greedy answers and the same twelve BLEU/ROUGE means as lm-eval's truthfulqa_gen task."""
+    from test_truthfulqa_gen import biased_tiny_llama
+
+    from knowpack.evaluate.truthfulqa_gen import (
+        METRICS,
+        load_truthfulqa_gen,
+        score_truthfulqa_gen,
+        truthfulqa_gen_answers,
+    )
+
+    docs = load_truthfulqa_gen(4, seed=1)
+    model = biased_tiny_llama(smollm2_tokenizer, docs, seed=4)
+    reference = lm_eval_scores(model, smollm2_tokenizer, truthfulqa_gen_docs=docs, batch_size=4)
+    answers = truthfulqa_gen_answers(model, smollm2_tokenizer, docs, batch_size=4)
+    assert answers == reference.answers
+    # varied answers, some stopped at "\n\n" well before lm-eval's 256 new tokens
+    assert len(set(answers)) > 1 and any(len(smollm2_tokenizer(a).input_ids) < 200 for a in answers)
+    ours = score_truthfulqa_gen(model, smollm2_tokenizer, docs, batch_size=4, progress=False)
+    assert set(ours) == {f"truthfulqa_gen_{m}" for m in METRICS} == set(reference.scores)
+    assert ours["truthfulqa_gen_rouge1_max"] > 0 and ours["truthfulqa_gen_bleu_max"] > 0
+    for metric, value in ours.items():
+        assert value == pytest.approx(reference.scores[metric], abs=1e-6), metric

@@ -20,16 +20,17 @@ __all__ = ["answer_stats", "check_benchmark_data", "evaluate_adapter", "evaluate
 
 def check_benchmark_data(config: EvalConfig) -> None:
     """Fail before any work, not after an hour of training, when local benchmark data is missing."""
-    from knowpack.evaluate.benchmarks import BENCHMARKS, LoadOptions
+    from knowpack.evaluate.benchmarks import LoadOptions, load_benchmark
 
     from knowpack.evaluate.forgetting import load_passages
 
     if config.forgetting_passages:
         load_passages(1, path=config.forgetting_text)
-    options = LoadOptions(1, config.mmlu_shots, config.seed, config.truthfulqa_path, config.truthfulqa_source)
+    options = LoadOptions(1, config.mmlu_shots, config.seed, config.truthfulqa_path, config.truthfulqa_source,
+                          config.truthfulqa_gen_path)
     for name in config.benchmarks:
-        if not (name == "truthfulqa" and config.truthfulqa_source == "hub"):
-            BENCHMARKS[name].load(options)
+        if not (name in ("truthfulqa", "truthfulqa_gen") and config.truthfulqa_source == "hub"):
+            load_benchmark(name, options)
 
 
 def run_benchmarks(model, tokenizer, config: EvalConfig, progress: bool = True) -> dict[str, float]:
@@ -39,7 +40,7 @@ def run_benchmarks(model, tokenizer, config: EvalConfig, progress: bool = True) 
         return {}
     return _run(model, tokenizer, config.benchmarks, n_questions=config.benchmark_questions,
                 shots=config.mmlu_shots, seed=config.seed, truthfulqa_path=config.truthfulqa_path,
-                truthfulqa_source=config.truthfulqa_source,
+                truthfulqa_source=config.truthfulqa_source, truthfulqa_gen_path=config.truthfulqa_gen_path,
                 progress=progress)
 
 

@@ -1,8 +1,11 @@
-"""Benchmarks (MMLU, TruthfulQA MC1/MC2) scored by one log-likelihood core, lm-evaluation-harness style.
+"""Benchmarks (MMLU, TruthfulQA MC1/MC2, ARC) scored by one log-likelihood core, lm-evaluation-harness style.
 
-In:  a causal LM and its tokenizer, benchmark names (`mmlu`, `truthfulqa`), a question subset
-     (`n_questions`, `seed`), MMLU few-shot count, and where TruthfulQA's `mc_task.json` lives.
-Out: ``{"mmlu": accuracy, "truthfulqa_mc1": accuracy, "truthfulqa_mc2": true-answer mass}``.
+In:  a causal LM and its tokenizer, benchmark names (`mmlu`, `truthfulqa`, `truthfulqa_gen`, `arc_easy`,
+     `arc_challenge`), a question subset (`n_questions`, `seed`), MMLU few-shot count, and where
+     TruthfulQA's `mc_task.json` / `TruthfulQA.csv` live.
+Out: ``{"mmlu": accuracy, "truthfulqa_mc1": accuracy, "truthfulqa_mc2": true-answer mass, …}``;
+     `truthfulqa_gen` (greedy answers, BLEU/ROUGE: `knowpack.evaluate.truthfulqa_gen`) adds
+     ``truthfulqa_gen_bleu_max`` and its eleven siblings.
 
 Each benchmark is data: documents plus `doc_to_text` / `doc_to_choice` / `doc_to_target`, turned into
 `(context, continuation)` requests and scored by `knowpack.lm.score.loglikelihood` (the sum of the continuation's token
@@ -254,6 +257,7 @@ class LoadOptions:
     seed: int
     truthfulqa_path: str | None
     truthfulqa_source: str
+    truthfulqa_gen_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -285,6 +289,41 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
+@dataclass(frozen=True)
+class GenerationBenchmark:
+    """A benchmark scored on greedy answers (not option log-likelihoods): its own loader and scorer."""
+    name: str
+    load: Callable[[LoadOptions], list[dict]]
+    score: Callable[..., dict[str, float]]  # (model, tokenizer, docs, *, batch_size, progress) -> scores
+
+
+def _load_truthfulqa_gen(options: LoadOptions) -> list[dict]:
+    from knowpack.evaluate.truthfulqa_gen import load_truthfulqa_gen
+
+    return load_truthfulqa_gen(options.n_questions, seed=options.seed, path=options.truthfulqa_gen_path,
+                               source=options.truthfulqa_source)
+
+
+def _score_truthfulqa_gen(model, tokenizer, docs: list[dict], **kwargs) -> dict[str, float]:
+    from knowpack.evaluate.truthfulqa_gen import score_truthfulqa_gen
+
+    return score_truthfulqa_gen(model, tokenizer, docs, **kwargs)
+
+
+GENERATION_BENCHMARKS: dict[str, GenerationBenchmark] = {
+    "truthfulqa_gen": GenerationBenchmark("truthfulqa_gen", _load_truthfulqa_gen, _score_truthfulqa_gen),
+}
+BENCHMARK_NAMES = (*BENCHMARKS, *GENERATION_BENCHMARKS)
+
+
+def load_benchmark(name: str, options: LoadOptions) -> list[dict]:
+    """The documents benchmark `name` scores under `options`."""
+    benchmark = BENCHMARKS.get(name) or GENERATION_BENCHMARKS.get(name)
+    if benchmark is None:
+        raise KnowpackError(f"unknown benchmark {name!r}; valid names: {', '.join(BENCHMARK_NAMES)}")
+    return benchmark.load(options)
+
+
 def build_requests(task: Task, doc: dict) -> list[Request]:
     context = task.doc_to_text(doc)
     return [(context, f" {choice}") for choice in task.doc_to_choice(doc)]
@@ -309,14 +348,21 @@ def score_benchmark(model, tokenizer, benchmark: Benchmark, docs: list[dict], *,
 
 def run_benchmarks(model, tokenizer, names: Sequence[str], *, n_questions: int | None, shots: int = 5,
                    seed: int = 0, truthfulqa_path: str | None = None, truthfulqa_source: str = "local",
-                   batch_size: int = 16, progress: bool = True, reuse_prefix: bool = True) -> dict[str, float]:
-    """Run the named benchmarks; keys `mmlu`, `truthfulqa_mc1`, `truthfulqa_mc2`, `arc_easy`, `arc_challenge`."""
-    unknown = [name for name in names if name not in BENCHMARKS]
+                   truthfulqa_gen_path: str | None = None, batch_size: int = 16, progress: bool = True,
+                   reuse_prefix: bool = True) -> dict[str, float]:
+    """Run the named benchmarks; keys `mmlu`, `truthfulqa_mc1`, `truthfulqa_mc2`, `arc_easy`, `arc_challenge`,
+    and `truthfulqa_gen_<metric>` for the twelve BLEU/ROUGE scores of `truthfulqa_gen`."""
+    unknown = [name for name in names if name not in BENCHMARK_NAMES]
     if unknown:
-        raise KnowpackError(f"unknown benchmark {unknown[0]!r}; valid names: {', '.join(BENCHMARKS)}")
-    options = LoadOptions(n_questions, shots, seed, truthfulqa_path, truthfulqa_source)
+        raise KnowpackError(f"unknown benchmark {unknown[0]!r}; valid names: {', '.join(BENCHMARK_NAMES)}")
+    options = LoadOptions(n_questions, shots, seed, truthfulqa_path, truthfulqa_source, truthfulqa_gen_path)
     results: dict[str, float] = {}
     for name in dict.fromkeys(names):
+        if name in GENERATION_BENCHMARKS:
+            generation = GENERATION_BENCHMARKS[name]
+            results.update(generation.score(model, tokenizer, generation.load(options), batch_size=batch_size,
+                                            progress=progress))
+            continue
         benchmark = BENCHMARKS[name]
         results.update(score_benchmark(model, tokenizer, benchmark, benchmark.load(options),
                                        batch_size=batch_size, progress=progress, reuse_prefix=reuse_prefix))

@@ -1,12 +1,13 @@
 """Cross-check against lm-evaluation-harness: the same questions scored by lm-eval's own task definitions.
 
 In:  a causal LM and its tokenizer, and the documents knowpack scores (`load_mmlu` docs with their
-     few-shot exemplars, `load_truthfulqa` docs).
+     few-shot exemplars, `load_truthfulqa` docs, `load_truthfulqa_gen` docs).
 Out: `LmEvalResult`: lm-eval's scores under knowpack's metric names (``mmlu``, ``truthfulqa_mc1``,
-     ``truthfulqa_mc2``) and every option's log-likelihood, in knowpack's document order.
+     ``truthfulqa_mc2``, ``truthfulqa_gen_bleu_max`` …), every option's log-likelihood and every
+     generated answer, in knowpack's document order.
 
 lm-eval (optional extra ``knowpack[lm-eval]``) runs its shipped task YAMLs, `mmlu/default/
-_default_template_yaml` and `truthfulqa/truthfulqa_mc{1,2}.yaml`, through ``include:``; only where the
+_default_template_yaml` and `truthfulqa/truthfulqa_{mc1,mc2,gen}.yaml`, through ``include:``; only where the
 data comes from changes: local JSON copies of exactly the documents knowpack scored, so both tools see
 the same questions and few-shot exemplars offline. Nothing of lm-eval's prompt or scoring is re-written.
 """
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import yaml
 
 from knowpack.errors import KnowpackError
+from knowpack.evaluate.truthfulqa_gen import METRICS
 
 __all__ = ["LmEvalResult", "lm_eval_scores"]
 
@@ -30,6 +32,7 @@ __all__ = ["LmEvalResult", "lm_eval_scores"]
 class LmEvalResult:
     scores: dict[str, float]             # metric -> mean over documents
     logliks: dict[str, list[list[float]]]  # metric -> per document, per option log-likelihood
+    answers: list[str] = field(default_factory=list)  # truthfulqa_gen: lm-eval's answer per document
 
 
 def _lm_eval_tasks_dir() -> Path:
@@ -88,8 +91,21 @@ def _truthfulqa_tasks(docs: Sequence[dict], folder: Path, tasks_dir: Path) -> li
     return names
 
 
+GEN_FIELDS = ("question", "best_answer", "correct_answers", "incorrect_answers")
+
+
+def _truthfulqa_gen_task(docs: Sequence[dict], folder: Path, tasks_dir: Path) -> str:
+    # The hub's generation rows, unprocessed: lm-eval's own `process_docs_gen` prepares them.
+    data = _write_jsonl(folder / "truthfulqa_gen.jsonl", [{k: doc[k] for k in GEN_FIELDS} for doc in docs])
+    name = "knowpack_truthfulqa_gen"
+    config = {"include": str(tasks_dir / "truthfulqa" / "truthfulqa_gen.yaml"), "task": name, "tag": [],
+              "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": {"validation": data}}}
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return name
+
+
 def lm_eval_scores(model, tokenizer, *, mmlu_docs: Sequence[dict] = (), truthfulqa_docs: Sequence[dict] = (),
-                   batch_size: int = 16) -> LmEvalResult:
+                   truthfulqa_gen_docs: Sequence[dict] = (), batch_size: int = 16) -> LmEvalResult:
     """Score the given documents with lm-eval's standard MMLU / TruthfulQA tasks on ``model``."""
     tasks_dir = _lm_eval_tasks_dir()
     from lm_eval import simple_evaluate
@@ -104,12 +120,13 @@ def lm_eval_scores(model, tokenizer, *, mmlu_docs: Sequence[dict] = (), truthful
         folder = Path(tmp)
         mmlu = _mmlu_tasks(mmlu_docs, folder, tasks_dir) if mmlu_docs else {}
         truthfulqa = _truthfulqa_tasks(truthfulqa_docs, folder, tasks_dir) if truthfulqa_docs else []
-        if not mmlu and not truthfulqa:
-            raise KnowpackError("lm_eval_scores: give mmlu_docs or truthfulqa_docs")
+        generation = [_truthfulqa_gen_task(truthfulqa_gen_docs, folder, tasks_dir)] if truthfulqa_gen_docs else []
+        if not mmlu and not truthfulqa and not generation:
+            raise KnowpackError("lm_eval_scores: give mmlu_docs, truthfulqa_docs or truthfulqa_gen_docs")
         was_training = model.training
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         try:
-            out = simple_evaluate(model=lm, tasks=[*mmlu, *truthfulqa], task_manager=TaskManager(include_path=tmp, include_defaults=False),
+            out = simple_evaluate(model=lm, tasks=[*mmlu, *truthfulqa, *generation], task_manager=TaskManager(include_path=tmp, include_defaults=False),
                                   log_samples=True, bootstrap_iters=0, verbosity="ERROR")
         finally:
             model.train(was_training)
@@ -134,4 +151,10 @@ def lm_eval_scores(model, tokenizer, *, mmlu_docs: Sequence[dict] = (), truthful
         metric = task.removeprefix("knowpack_")
         values, logliks[metric] = per_doc(task)
         scores[metric] = sum(values) / len(values)
-    return LmEvalResult(scores, logliks)
+    answers: list[str] = []
+    for task in generation:
+        rows = sorted(samples[task], key=lambda row: row["doc_id"])
+        answers = [row["filtered_resps"][0] for row in rows]
+        for metric in METRICS:
+            scores[f"truthfulqa_gen_{metric}"] = sum(float(row[metric]) for row in rows) / len(rows)
+    return LmEvalResult(scores, logliks, answers)

@@ -43,7 +43,7 @@ def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens:
     shared = min(len(os.path.commonprefix(encoded)), min(map(len, encoded)) - 1)
     pad_id = tokenizer.pad_token_id
     answers = generate_with_prefix(adapted_model, encoded[0][:shared], [ids[shared:] for ids in encoded],
-                                   stop_ids=_stop_ids(adapted_model, tokenizer), pad_id=pad_id,
+                                   stop_ids=generation_stop_ids(adapted_model, tokenizer), pad_id=pad_id,
                                    settings=DecodeSettings(max_new_tokens), batch_size=batch_size)
     # Scored positions: the answer's tokens other than padding (an end-of-turn token that is also the
     # pad token is left out, as generate's padded output leaves it out).
@@ -97,7 +97,7 @@ def _as_chat(tokenizer, prompt: str) -> str:
     return prompt
 
 
-def _stop_ids(model, tokenizer) -> set[int]:
+def generation_stop_ids(model, tokenizer) -> set[int]:
     """Where ``generate`` would stop: the generation config's end-of-sequence ids and the tokenizer's."""
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = set(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
