@@ -158,3 +158,16 @@ def test_sweep_report_aggregates_runs_and_shows_the_laws(tiny_run, tmp_path):
                                 "token-shift", "locality", "laws", "configuration"]
     assert_images_render(seen, text.count("*Figure: "))
     assert text.count("*Figure: ") >= 12
+
+
+def test_truthfulqa_gen_points_get_their_own_figure_and_say_their_scale():
+    from knowpack.report.run import _benchmarks
+
+    after = {"mmlu": 0.3, "truthfulqa_gen_bleu_max": 20.0, "truthfulqa_gen_bleu_acc": 0.4,
+             "truthfulqa_gen_rouge1_diff": -3.5}
+    section = _benchmarks({"benchmarks": after, "benchmarks_base": {k: v + 1.0 for k, v in after.items()}})
+    assert "BLEU/ROUGE `_max` and `_diff` are points (0–100)" in section.text
+    assert "| truthfulqa_gen_bleu_max | 21.000 | 20.000 | -1.000 |" in section.text
+    assert len(section.figures) == 2  # shares of questions and 0–100 points not on one axis
+    plain = _benchmarks({"benchmarks": {"mmlu": 0.3}, "benchmarks_base": {"mmlu": 0.35}})
+    assert "points" not in plain.text and len(plain.figures) == 1

@@ -154,14 +154,27 @@ def _reasons(metrics: dict) -> Section:
     return section
 
 
+def _is_points(name: str) -> bool:
+    """truthfulqa_gen's BLEU/ROUGE `_max` and `_diff` are lm-eval's 0–100 points, not shares of questions."""
+    return name.startswith("truthfulqa_gen_") and not name.endswith("_acc")
+
+
 def _benchmarks(metrics: dict) -> Section:
     after, base = metrics["benchmarks"], metrics.get("benchmarks_base", {})
     names = list(after)
     rows = [[n, fmt(base.get(n)), fmt(after[n]), f"{after[n] - base[n]:+.3f}" if n in base else "—"] for n in names]
-    return Section("benchmarks", "Benchmarks", "Accuracy (share of questions) of the base and the adapted model:\n\n"
-                   + md_table(["benchmark", "base", "after", "delta"], rows), [
-        plots.grouped_bars(names, {"base": [base.get(n, np.nan) for n in names], "after": [after[n] for n in names]},
-                           "accuracy", "Benchmark accuracy before and after training")])
+    text = "Accuracy (share of questions) of the base and the adapted model"
+    if any(_is_points(n) for n in names):
+        text += "; truthfulqa_gen's BLEU/ROUGE `_max` and `_diff` are points (0–100), as lm-eval reports them"
+    figures = []
+    for group, ylabel, caption in ((False, "accuracy", "Benchmark accuracy before and after training"),
+                                   (True, "points (0–100)", "TruthfulQA generation BLEU/ROUGE before and after training")):
+        chosen = [n for n in names if _is_points(n) == group]
+        if chosen:
+            figures.append(plots.grouped_bars(chosen, {"base": [base.get(n, np.nan) for n in chosen],
+                                                       "after": [after[n] for n in chosen]}, ylabel, caption))
+    return Section("benchmarks", "Benchmarks", text + ":\n\n" + md_table(["benchmark", "base", "after", "delta"], rows),
+                   figures)
 
 
 def _forgetting(metrics: dict) -> Section:

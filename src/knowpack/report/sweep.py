@@ -229,7 +229,9 @@ def _benchmarks(done: pd.DataFrame) -> Section | None:
         stats = delta.groupby(done["configuration"], sort=False).agg(["mean", "std"]).reindex(labels)
         means[name], errors[name] = list(stats["mean"]), list(stats["std"].fillna(0.0))
         rows += [[label, name, _pm(m, s)] for label, m, s in zip(labels, stats["mean"], stats["std"])]
-    return Section("benchmarks", "Benchmark deltas", "Accuracy after minus accuracy of the base model:\n\n"
+    points = " (truthfulqa_gen's BLEU/ROUGE `_max` and `_diff`: points, 0–100)" if any(
+        n.startswith("truthfulqa_gen_") for n in names) else ""
+    return Section("benchmarks", "Benchmark deltas", f"Accuracy after minus accuracy of the base model{points}:\n\n"
                    + md_table(["configuration", "benchmark", "delta (mean ± sd)"], rows), [
         plots.grouped_bars(labels, means, "accuracy delta (after − base)",
                            "Benchmark deltas per configuration (error bars: sd over seeds)", errors)])
