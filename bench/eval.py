@@ -5,11 +5,15 @@ YAMLs, pointed at local copies of the same questions; see `knowpack.evaluate.lm_
 knowpack: `score_benchmark` (shared few-shot prefix once, each context once, one-token options read
 from one next-token distribution).
 
-Prints both tools' scores, the largest per-option log-likelihood difference, both wall times and the
-speed ratio. The scores must agree within 1e-3.
+TruthfulQA generation (`truthfulqa_gen`): knowpack's greedy answers on its LM core against lm-eval's
+`generate_until` (HF `generate`) with its shipped truthfulqa_gen.yaml, then the twelve BLEU/ROUGE means.
 
-    python bench/eval.py                              # 500 MMLU (5-shot) + 100 TruthfulQA questions
+Prints both tools' scores, the largest per-option log-likelihood difference, how many generated answers
+are identical, both wall times and the speed ratio. The scores must agree within 1e-3.
+
+    python bench/eval.py                              # 500 MMLU (5-shot) + 100 TruthfulQA MC + 50 generation
     python bench/eval.py --mmlu 50 --truthfulqa 50    # a quick look
+    python bench/eval.py --mmlu 0 --truthfulqa 0 --truthfulqa-gen 20   # the generation task alone
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from knowpack.evaluate.benchmarks import (  # noqa: E402
     BENCHMARKS, build_requests, load_mmlu, load_truthfulqa, loglikelihood, score_benchmark)
 from knowpack.evaluate.lm_eval_check import lm_eval_scores  # noqa: E402
+from knowpack.evaluate.truthfulqa_gen import (  # noqa: E402
+    load_truthfulqa_gen, prepare_doc, score_answer, truthfulqa_gen_answers)
 from knowpack.models import load_model  # noqa: E402
 
 TOLERANCE = 1e-3
@@ -45,6 +51,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mmlu", type=int, default=500, help="MMLU test questions (seeded sample)")
     parser.add_argument("--truthfulqa", type=int, default=100, help="TruthfulQA questions (all: 817; lm-eval then takes about an hour on 2 CPU cores)")
+    parser.add_argument("--truthfulqa-gen", type=int, default=50,
+                        help="TruthfulQA generation questions (greedy answers, up to 256 tokens each)")
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16, help="batch size of both tools")
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -54,30 +62,48 @@ def main() -> None:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
     model, tokenizer = load_model(args.model, device=args.device)
-    mmlu = load_mmlu(args.mmlu, shots=args.shots, seed=args.seed)
-    truthfulqa = load_truthfulqa(args.truthfulqa, seed=args.seed)
-    print(f"model {args.model} on {model.device}; {len(mmlu)} MMLU ({args.shots}-shot) and "
-          f"{len(truthfulqa)} TruthfulQA questions, batch {args.batch}")
+    mmlu = load_mmlu(args.mmlu, shots=args.shots, seed=args.seed) if args.mmlu else []
+    truthfulqa = load_truthfulqa(args.truthfulqa, seed=args.seed) if args.truthfulqa else []
+    generation = load_truthfulqa_gen(args.truthfulqa_gen, seed=args.seed) if args.truthfulqa_gen else []
+    print(f"model {args.model} on {model.device}; {len(mmlu)} MMLU ({args.shots}-shot), {len(truthfulqa)} "
+          f"TruthfulQA MC and {len(generation)} TruthfulQA generation questions, batch {args.batch}")
 
     start = time.perf_counter()
-    ours = {**score_benchmark(model, tokenizer, BENCHMARKS["mmlu"], mmlu, batch_size=args.batch, progress=False),
-            **score_benchmark(model, tokenizer, BENCHMARKS["truthfulqa"], truthfulqa, batch_size=args.batch,
-                              progress=False)}
+    ours: dict[str, float] = {}
+    if mmlu:
+        ours |= score_benchmark(model, tokenizer, BENCHMARKS["mmlu"], mmlu, batch_size=args.batch, progress=False)
+    if truthfulqa:
+        ours |= score_benchmark(model, tokenizer, BENCHMARKS["truthfulqa"], truthfulqa, batch_size=args.batch,
+                                progress=False)
+    answers = truthfulqa_gen_answers(model, tokenizer, generation, batch_size=args.batch) if generation else []
+    if generation:  # the same means score_truthfulqa_gen takes, from the answers kept for the comparison
+        per_doc = [score_answer(prepare_doc(doc), answer) for doc, answer in zip(generation, answers)]
+        ours |= {f"truthfulqa_gen_{m}": sum(s[m] for s in per_doc) / len(per_doc) for m in per_doc[0]}
     ours_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    reference = lm_eval_scores(model, tokenizer, mmlu_docs=mmlu, truthfulqa_docs=truthfulqa, batch_size=args.batch)
+    reference = lm_eval_scores(model, tokenizer, mmlu_docs=mmlu, truthfulqa_docs=truthfulqa,
+                               truthfulqa_gen_docs=generation, batch_size=args.batch)
     reference_s = time.perf_counter() - start
 
     # Per-option log-likelihoods (not timed): where the two tools would disagree first.
-    print(f"\n{'metric':<16}{'knowpack':>10}{'lm-eval':>10}{'|diff|':>10}{'max |Δ loglik|':>16}")
+    print(f"\n{'metric':<28}{'knowpack':>10}{'lm-eval':>10}{'|diff|':>10}{'max |Δ loglik|':>16}")
     agree = True
     for metric, docs in (("mmlu", mmlu), ("truthfulqa_mc1", truthfulqa), ("truthfulqa_mc2", truthfulqa)):
+        if not docs:
+            continue
         mine = knowpack_logliks(model, tokenizer, metric, docs)
         delta = max(abs(a - b) for x, y in zip(mine, reference.logliks[metric]) for a, b in zip(x, y))
         diff = abs(ours[metric] - reference.scores[metric])
         agree &= diff <= TOLERANCE
-        print(f"{metric:<16}{ours[metric]:>10.4f}{reference.scores[metric]:>10.4f}{diff:>10.1e}{delta:>16.1e}")
+        print(f"{metric:<28}{ours[metric]:>10.4f}{reference.scores[metric]:>10.4f}{diff:>10.1e}{delta:>16.1e}")
+    for metric in (m for m in ours if m.startswith("truthfulqa_gen_")):
+        diff = abs(ours[metric] - reference.scores[metric])
+        agree &= diff <= TOLERANCE
+        print(f"{metric:<28}{ours[metric]:>10.4f}{reference.scores[metric]:>10.4f}{diff:>10.1e}{'—':>16}")
+    if generation:
+        same = sum(a == b for a, b in zip(answers, reference.answers))
+        print(f"truthfulqa_gen answers identical to lm-eval's: {same}/{len(generation)}")
     print(f"\nscores agree within {TOLERANCE}: {'yes' if agree else 'NO'}")
     print(f"knowpack {ours_s:.1f} s, lm-eval {reference_s:.1f} s: knowpack is {reference_s / ours_s:.2f}x faster "
           f"(target >= 3x)")
