@@ -6,6 +6,8 @@ import hashlib
 
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from knowpack.config import load_config
 from knowpack.errors import KnowpackError
@@ -198,3 +200,31 @@ def test_a_context_too_short_for_256_new_tokens_is_refused(smollm2_tokenizer):
     model.config.max_position_embeddings = 200
     with pytest.raises(KnowpackError, match="200 positions leave no room for a prompt and 256 new tokens"):
         greedy_until(model, smollm2_tokenizer, ["Q: hi"])
+
+
+CELL = (st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+        | st.sampled_from(["", ";", " ; x", "I have no comment"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(CELL, min_size=0, max_size=8), max_size=4), header=st.booleans())
+@example(rows=[["T", "C", " Why? ", "No", "No;", "Yes", "s"]], header=True)
+def test_any_csv_loads_scorable_docs_or_is_one_clear_error(tmp_path, rows, header):
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    if header:
+        writer.writerow(HEADER.strip().split(","))
+    writer.writerows(rows)
+    path = tmp_path / "fuzz.csv"
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+    try:
+        docs = load_truthfulqa_gen(path=path)
+    except KnowpackError as err:
+        assert str(err) and "\n" not in str(err) and "fuzz.csv" in str(err)
+        return
+    for doc in docs:  # what score_truthfulqa_gen does with each doc next
+        scores = score_answer(prepare_doc(doc), "I have no comment.")
+        assert scores["rouge1_max"] == pytest.approx(100.0) and truthfulqa_gen_text(doc).startswith(TRUTHFULQA_PREFIX)
