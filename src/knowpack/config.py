@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -155,6 +155,24 @@ class EvalConfig(_Strict):
     seed: int = 0
 
 
+class RoundConfig(_Strict):
+    """One round of continual packing: the facts that arrive in it, as a mixture; unset fields take mixture.*."""
+    n_unknown: int | None = Field(None, ge=1, description="Unknown facts new in this round; default: the number of "
+                                  "fact_ids when given, else mixture.n_unknown")
+    paraphrases_per_fact: int | None = Field(None, ge=0, description="default: mixture.paraphrases_per_fact")
+    known_per_fact: int | None = Field(None, ge=0, description="default: mixture.known_per_fact")
+    replay: float = Field(0.0, ge=0, le=1, description="share of the earlier rounds' Unknown facts trained again "
+                          "in this round (strategies continue and stack)")
+    fact_ids: list[str] = Field(default_factory=list, description="this round's Unknown facts by fact_id; empty: "
+                                "drawn (mixture.selection, mixture.seed) from the Unknown facts no round names")
+
+
+class ContinualConfig(_Strict):
+    strategy: Literal["continue", "stack", "retrain"] = Field(
+        "continue", description="with rounds: continue training one adapter; stack a new adapter per round on the "
+                                "earlier ones merged; retrain one adapter on every round so far (the upper bound)")
+
+
 class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     facts: FactsConfig = Field(default_factory=FactsConfig)
@@ -163,6 +181,9 @@ class RunConfig(_Strict):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    rounds: list[RoundConfig] = Field(default_factory=list, description="continual packing: facts arriving in "
+                                      "rounds, trained one round after the other (empty: one training)")
+    continual: ContinualConfig = Field(default_factory=ContinualConfig)
 
 
 PRESETS = ("smoke", "default", "paper")
@@ -208,12 +229,19 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def list_item(annotation: Any) -> Any:
+    """``list[X]`` -> ``X`` (a config list of sections, such as rounds); anything else unchanged."""
+    return get_args(annotation)[0] if get_origin(annotation) is list and get_args(annotation) else annotation
+
+
 def _field_names(model: type[BaseModel], dotted: str) -> tuple[type[BaseModel] | None, list[str]]:
     """The config class reached by a dotted path's parent and the valid names at that level."""
     cls: type[BaseModel] | None = model
     for part in dotted.split(".")[:-1]:
+        if part.isdigit():  # a list position (rounds.1.replay): its items' class is already reached
+            continue
         field = cls.model_fields.get(part) if cls else None
-        annotation = field.annotation if field else None
+        annotation = list_item(field.annotation) if field else None
         cls = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return cls, list(cls.model_fields) if cls else []
 

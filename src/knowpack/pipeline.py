@@ -1,5 +1,9 @@
 """The `run` recipe: facts → probe before → mixture → train → probe after → evaluate → report.
 
+With ``rounds`` the train stage is continual packing (`knowpack.continual`): a plan of every round,
+then one stage per round (``round-1``, ``round-2``, …, each reused or resumed on its own), then the
+final state where a single training leaves it, so the later stages run unchanged.
+
 In:  a `RunConfig` and a run directory.  Out: the run directory with every artifact of DESIGN.md.
 
 Each stage is keyed by a fingerprint of its config and of its upstream stages; when the run directory
@@ -19,6 +23,7 @@ import pandas as pd
 from rich.console import Console
 
 from knowpack.config import RunConfig, config_to_yaml
+from knowpack.continual import PLAN, ROUNDS, RoundPlan, Rounds, check_rounds, paraphrases_trained, plan_rounds
 from knowpack.evaluate import check_benchmark_data, evaluate_run
 from knowpack.facts import Fact, build_facts, facts_to_jsonl, read_facts
 from knowpack.models import check_model_settings, load_configured_model
@@ -40,6 +45,7 @@ class Recipe:
         check_model_settings(config.model)
         check_benchmark_data(config.eval)
         check_train_settings(config.lora, config.train)
+        check_rounds(config)
         self.run = RunDir(out)
         self.reuse_from = [RunDir(p) for p in reuse_from or [] if Path(p).is_dir()]
         self.console = console or Console(stderr=True)
@@ -95,6 +101,8 @@ class Recipe:
 
     def train_stage(self, upstream: str) -> str:
         c = self.config
+        if c.rounds:
+            return self.rounds_stage(upstream)
         key = fingerprint("train", upstream, c.mixture.model_dump(), c.lora.model_dump(), c.train.model_dump())
         trained_dir = trained_dir_name(c.train)
         checkpoints = Checkpoints(self.run / "checkpoints", key)
@@ -137,6 +145,25 @@ class Recipe:
             checkpoints.remove()  # only now: a kill before the stage is marked done still finds them
         return key
 
+    def rounds_stage(self, upstream: str) -> str:
+        """Continual packing in place of one training: plan, each round, then the final state."""
+        c = self.config
+        key = fingerprint("rounds_plan", upstream, c.mixture.model_dump(), [r.model_dump() for r in c.rounds],
+                          c.continual.model_dump())
+        self._stage("rounds_plan", key, [PLAN], lambda: self.run.write_json(PLAN, [p.model_dump() for p in plan_rounds(
+            self.facts(), self.run.read_table("categories_before.parquet"), c)]))
+        self._model = None  # each round loads its own copy of the base
+        rounds = Rounds(self.run, c, self.facts(), [RoundPlan.model_validate(p) for p in self.run.read_json(PLAN)],
+                        lambda: load_configured_model(c.model), self.console, self.progress)
+        for number in range(1, len(c.rounds) + 1):
+            key = fingerprint("round", key, number, c.lora.model_dump(), c.train.model_dump(),
+                              c.eval.heldout_facts, c.eval.seed, c.eval.forgetting_passages, c.eval.forgetting_text)
+            self._stage(f"round-{number}", key, rounds.outputs(number), lambda n=number, k=key: rounds(n, k))
+            rounds.remove_checkpoints(number, key)  # only now: a kill before the round is marked done still finds them
+        key = fingerprint("train", key)
+        self._stage("train", key, rounds.final_outputs(), rounds.assemble_final)
+        return key
+
     def adapted_model(self):
         """The base model with the run's adapter (loaded from adapter/ or finetuned/ when training was reused)."""
         from knowpack.train.lora import load_adapter
@@ -174,7 +201,7 @@ class Recipe:
 
     def probe_paraphrases(self, trained: list[Fact]) -> pd.DataFrame:
         """Trained facts asked with a phrasing the adapter never saw (for `generalization`)."""
-        unseen = self.config.mixture.paraphrases_per_fact  # the first k paraphrases were trained on
+        unseen = paraphrases_trained(self.config)  # the first k paraphrases were trained on
         held_out = [f.model_copy(update={"question": f.paraphrases[unseen]}) for f in trained
                     if len(f.paraphrases) > unseen]
         if not held_out:
@@ -188,6 +215,8 @@ class Recipe:
         def compute():
             metrics = evaluate_run(self.run, self.adapted_model(), self.tokenizer, self.config.eval,
                                    progress=self.progress)
+            if self.config.rounds:
+                metrics.update(self.run.read_json(ROUNDS))  # "rounds" (a row per round) and "continual"
             self.run.write_json("metrics.json", metrics)
 
         self._stage("evaluate", key, ["metrics.json"], compute)

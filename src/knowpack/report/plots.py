@@ -132,21 +132,24 @@ def stacked_shares(groups: Sequence[str], shares: dict[str, Sequence[float]], yl
 
 
 def heatmap(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], xlabel: str, ylabel: str,
-            caption: str) -> Figure:
-    """Counts in a colour scale, each cell annotated with its number."""
+            caption: str, value_label: str = "facts", value_range: tuple[float, float] | None = None) -> Figure:
+    """Values in a colour scale (counts by default), each cell annotated with its number; NaN cells stay blank."""
     figure, axes = _figure()
-    image = axes.imshow(matrix, cmap="Blues")
+    vmin, vmax = value_range or (None, None)
+    image = axes.imshow(matrix, cmap="Blues", vmin=vmin, vmax=vmax)
     axes.set_xticks(range(len(columns)), columns, fontsize=8)
     axes.set_yticks(range(len(rows)), rows, fontsize=8)
-    top = matrix.max() if matrix.size else 0
+    top = vmax if vmax is not None else (np.nanmax(matrix) if np.isfinite(matrix).any() else 0)
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             value = matrix[i, j]
-            text = f"{value:g}" if float(value).is_integer() else f"{value:.1f}"
+            if np.isnan(value):
+                continue
+            text = f"{value:g}" if float(value).is_integer() else f"{value:.2f}" if value_range else f"{value:.1f}"
             axes.text(j, i, text, ha="center", va="center", color="white" if top and value > top / 2 else "black")
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
-    figure.colorbar(image, ax=axes, label="facts")
+    figure.colorbar(image, ax=axes, label=value_label)
     return _png(figure, caption)
 
 

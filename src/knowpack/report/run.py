@@ -3,8 +3,9 @@
 In:  a run's ``metrics.json`` and ``config.yaml`` (and, when present, ``probe_before.parquet`` /
      ``probe_after.parquet`` / ``trained_facts.json`` for the top answers before training, and
      ``train_stats.json`` for the loss per epoch).
-Out: `Section`s: summary, reliability, knowledge shift, answers, exploded answers and shift reasons,
-     benchmarks, forgetting, token shift, locality, training, configuration — each only when the
+Out: `Section`s: summary, continual packing (rounds and the retention matrix), reliability, knowledge
+     shift, answers, exploded answers and shift reasons, benchmarks, forgetting, token shift, locality,
+     training, configuration — each only when the
      metrics hold it (an outside adapter evaluated with ``knowpack eval --adapter`` has no training).
 """
 
@@ -38,6 +39,11 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
     if "reliability" in metrics:
         rows.append(("reliability (trained facts)", fmt(metrics.get("reliability"))))
         rows.append(("generalization (unseen paraphrases)", fmt(metrics.get("generalization"))))
+    continual = metrics.get("continual")
+    if continual:
+        rows.append(("rounds (strategy)", f"{continual['n_rounds']} ({continual['strategy']})"))
+        rows.append(("round 1 facts: after round 1 → after the last",
+                     f"{fmt(continual['first_round_after_own'])} → {fmt(continual['first_round_final'])}"))
     if "shift" in metrics:
         rows.append(("positive shift (held-out)", fmt(metrics["shift"]["positive"])))
         rows.append(("negative shift (held-out)", fmt(metrics["shift"]["negative"])))
@@ -78,6 +84,39 @@ def _reliability(metrics: dict) -> Section:
         section.figures.append(plots.lines({"reliability": (epochs, by_epoch, None)}, "epoch",
                                            "reliability (share correct)", "Reliability of the trained facts by epoch",
                                            ylim=(-0.02, 1.02)))
+    return section
+
+
+def _continual(metrics: dict) -> Section:
+    """One row per round and the retention matrix (round trained × round probed), with its figure."""
+    rows, summary = metrics["rounds"], metrics.get("continual", {})
+    matrix = np.array([[np.nan if v is None else v for v in row] for row in summary.get("retention") or []], float)
+    names = [f"round {r['round']}" for r in rows]
+    table = md_table(["round", "new facts", "replayed", "examples", "current", "earlier", "all so far",
+                      "backward transfer", "shift +", "shift −", "CE vs base", "train s"],
+                     [[r["round"], r["new_facts"], r["replayed_facts"], r["train_examples"],
+                       fmt(r["reliability_current"]), fmt(r["reliability_earlier"]), fmt(r["reliability"]),
+                       fmt(r["backward_transfer"]), fmt(r["shift"]["positive"]), fmt(r["shift"]["negative"]),
+                       fmt((r.get("forgetting") or {}).get("ce_vs_base")), f"{r['train']['seconds']:.1f}"]
+                      for r in rows])
+    text = (f"{len(rows)} rounds, strategy `{summary.get('strategy', '?')}`. Reliability after each round on its own "
+            "new facts (current), on every earlier round's facts (earlier) and on all of them; backward transfer is "
+            "the mean change of each earlier round's reliability since the end of its own round (negative: "
+            "forgotten); shifts are on the same held-out facts every round.\n\n" + table
+            + "\n\nRetention matrix: reliability on the facts of the round in the column after training the round "
+              "in the row:\n\n"
+            + md_table(["trained \\ probed", *names],
+                       [[name, *("" if np.isnan(v) else fmt(float(v)) for v in row)] for name, row in zip(names, matrix)]))
+    section = Section("continual", "Continual packing", text)
+    if matrix.size:
+        section.figures.append(plots.heatmap(matrix, names, names, "facts of round (probed)", "after training round",
+                                             "Retention: reliability on each round's facts after each round",
+                                             value_label="reliability", value_range=(0.0, 1.0)))
+        after = list(range(1, len(rows) + 1))
+        section.figures.append(plots.lines(
+            {name: (after[k:], [float(v) for v in matrix[k:, k]], None) for k, name in enumerate(names)},
+            "after training round", "reliability (share correct)", "Reliability of each round's facts, round by round",
+            ylim=(-0.02, 1.02)))
     return section
 
 
@@ -237,7 +276,7 @@ def _training(metrics: dict, run_dir: Path | None) -> Section:
 def run_sections(metrics: dict, config: dict, run_dir: Path | None = None) -> list[Section]:
     """Every section the metrics support, in reading order."""
     sections = [Section("summary", "Summary", md_table(["metric", "value"], [list(r) for r in summary_rows(metrics)]))]
-    builders = [("reliability", lambda: _reliability(metrics)), ("shift", lambda: _shift(metrics)),
+    builders = [("rounds", lambda: _continual(metrics)), ("reliability", lambda: _reliability(metrics)), ("shift", lambda: _shift(metrics)),
                 ("answers", lambda: _answers(metrics, run_dir)), ("shift_reasons", lambda: _reasons(metrics)),
                 ("benchmarks", lambda: _benchmarks(metrics)), ("forgetting", lambda: _forgetting(metrics)),
                 ("token_shift", lambda: _token_shift(metrics)), ("locality", lambda: _locality(metrics)),

@@ -127,9 +127,10 @@ def export_merged(base_model, adapter_dir: str | Path, folder: str | Path, token
         tokenizer.save_pretrained(folder)
 
 
-def load_adapter(model, adapter_dir: str | Path):
+def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
     """What a run trained, on ``model``: a PEFT adapter folder (from ``adapter_model.safetensors`` only),
     or a fully fine-tuned model folder (``config.json`` + safetensors; see `knowpack.train.full`).
+    ``trainable``: ready to train further (continual packing's ``continue`` strategy).
 
     PEFT would fall back to a pickled ``adapter_model.bin``; an adapter from a stranger must not run
     code on load, so such a folder is refused with a clear message.
@@ -141,10 +142,12 @@ def load_adapter(model, adapter_dir: str | Path):
     if is_full_model_folder(folder):
         from knowpack.train.full import load_finetuned
 
-        return load_finetuned(model, folder)
+        finetuned = load_finetuned(model, folder)
+        finetuned.tuned.requires_grad_(trainable)
+        return finetuned
     check_adapter_fits(model, folder)
     with _peft_deprecation_quiet():
-        return PeftModel.from_pretrained(model, str(folder), use_safetensors=True)
+        return PeftModel.from_pretrained(model, str(folder), use_safetensors=True, is_trainable=trainable)
 
 
 @contextmanager

@@ -2,7 +2,8 @@
 
 In:  facts, their categories before training, a `MixtureConfig`.
 Out: the list of `TrainExample`s (Unknown facts, plus paraphrases of them and/or HighlyKnown facts)
-     and the ids of the Unknown facts chosen.
+     and the ids of the Unknown facts chosen. `mixture_examples` builds the examples around Unknown
+     facts chosen elsewhere (a round of continual packing, `knowpack.continual`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from knowpack.config import MixtureConfig
 from knowpack.errors import KnowpackError
 from knowpack.facts.schema import Fact
 
-ExampleKind = Literal["unknown", "paraphrase", "known"]
+# replay: an earlier round's Unknown fact trained again (continual packing)
+ExampleKind = Literal["unknown", "paraphrase", "known", "replay"]
 
 
 class TrainExample(BaseModel):
@@ -46,24 +48,35 @@ def choose_unknown(facts: Sequence[Fact], categories: pd.DataFrame, config: Mixt
 def build_mixture(facts: Sequence[Fact], categories: pd.DataFrame,
                   config: MixtureConfig) -> tuple[list[TrainExample], list[str]]:
     """The train set and the ids of its Unknown facts."""
-    rng = random.Random(config.seed + 1)
     chosen = choose_unknown(facts, categories, config)
+    examples = mixture_examples(chosen, facts, categories, config.paraphrases_per_fact, config.known_per_fact,
+                                random.Random(config.seed + 1))
+    return examples, [f.fact_id for f in chosen]
+
+
+def mixture_examples(chosen: Sequence[Fact], facts: Sequence[Fact], categories: pd.DataFrame,
+                     paraphrases_per_fact: int, known_per_fact: int, rng: random.Random,
+                     field: str = "mixture") -> list[TrainExample]:
+    """The ``chosen`` Unknown facts, their first paraphrases and HighlyKnown facts drawn with ``rng``, shuffled.
+
+    ``field`` names the settings in errors (``mixture``, or one round such as ``rounds[1]``).
+    """
     examples = [TrainExample(fact_id=f.fact_id, kind="unknown", question=f.question, answer=f.answer)
                 for f in chosen]
-    if config.paraphrases_per_fact:
+    if paraphrases_per_fact:
         for fact in chosen:
-            if len(fact.paraphrases) < config.paraphrases_per_fact:
-                raise KnowpackError(f"mixture.paraphrases_per_fact: fact {fact.fact_id} has only "
+            if len(fact.paraphrases) < paraphrases_per_fact:
+                raise KnowpackError(f"{field}.paraphrases_per_fact: fact {fact.fact_id} has only "
                                     f"{len(fact.paraphrases)} paraphrases; lower the setting or add paraphrases")
             examples += [TrainExample(fact_id=fact.fact_id, kind="paraphrase", question=p, answer=fact.answer)
-                         for p in fact.paraphrases[:config.paraphrases_per_fact]]
-    if config.known_per_fact:
+                         for p in fact.paraphrases[:paraphrases_per_fact]]
+    if known_per_fact:
         known = facts_in_category(facts, categories, "HighlyKnown")
-        wanted = config.known_per_fact * len(chosen)
+        wanted = known_per_fact * len(chosen)
         if wanted > len(known):
-            raise KnowpackError(f"mixture.known_per_fact: needs {wanted} HighlyKnown facts but the probe found "
-                                f"{len(known)}; lower mixture.known_per_fact or raise facts.max_facts")
+            raise KnowpackError(f"{field}.known_per_fact: needs {wanted} HighlyKnown facts but the probe found "
+                                f"{len(known)}; lower {field}.known_per_fact or raise facts.max_facts")
         examples += [TrainExample(fact_id=f.fact_id, kind="known", question=f.question, answer=f.answer)
                      for f in rng.sample(known, wanted)]
     rng.shuffle(examples)
-    return examples, [f.fact_id for f in chosen]
+    return examples
