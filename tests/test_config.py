@@ -1,6 +1,6 @@
 import pytest
 
-from knowpack.config import PRESETS, RunConfig, load_config, parse_override
+from knowpack.config import PRESETS, RunConfig, list_item, load_config, parse_override
 from knowpack.errors import KnowpackError
 
 
@@ -70,5 +70,17 @@ def test_every_config_field_is_read_by_the_package():
     root = Path(knowpack.__file__).parent
     source = "\n".join(p.read_text() for p in root.rglob("*.py") if p.name != "config.py")
     for section_name, section in RunConfig.model_fields.items():
-        for field in section.annotation.model_fields:
+        for field in list_item(section.annotation).model_fields:  # rounds: the fields of each round
             assert f".{field}" in source or f'"{field}"' in source, f"{section_name}.{field} is never read"
+
+
+def test_rounds_from_a_yaml_file_and_their_errors(tmp_path):
+    path = tmp_path / "rounds.yaml"
+    path.write_text("rounds:\n  - {n_unknown: 5}\n  - {n_unknown: 5, replay: 0.2}\ncontinual: {strategy: stack}\n")
+    config = load_config("smoke", path)
+    assert [r.n_unknown for r in config.rounds] == [5, 5] and config.rounds[1].replay == 0.2
+    assert config.continual.strategy == "stack" and load_config("smoke").rounds == []
+    with pytest.raises(KnowpackError, match=r"unknown key 'rounds.1.replai'; did you mean 'replay'"):
+        load_config("smoke", overrides=["rounds=[{}, {replai: 0.2}]"])
+    with pytest.raises(KnowpackError, match=r"continual.strategy: Input should be 'continue', 'stack' or 'retrain'"):
+        load_config("smoke", overrides=["continual.strategy=restart"])

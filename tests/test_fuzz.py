@@ -28,7 +28,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from knowpack.config import RunConfig, config_to_yaml, load_config
+from knowpack.config import RunConfig, config_to_yaml, list_item, load_config
 from knowpack.errors import KnowpackError, KnowpackWarning
 from knowpack.facts.dbpedia import ParseReport, dbpedia_facts, read_triples
 from knowpack.facts.schema import Fact, facts_to_jsonl, read_facts
@@ -514,7 +514,7 @@ def test_table_parquet_hostile_columns(workdir, columns, strict):
 # --------------------------------------------------------------------------------------------
 
 FIELD_PATHS = sorted({f"{section}.{name}" for section, info in RunConfig.model_fields.items()
-                      for name in info.annotation.model_fields}
+                      for name in list_item(info.annotation).model_fields}
                      | {f"facts.sparql.{name}" for name in RunConfig.model_fields["facts"].annotation
                         .model_fields["sparql"].annotation.model_fields})
 KEY_PART = st.sampled_from(["model", "facts", "probe", "train", "lora", "eval", "mixture", "sparql", "lr", "seed",
@@ -534,11 +534,16 @@ CONFIG_TREE = st.recursive(
     JSON_SCALARS | st.dates() | st.datetimes(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEY_PART | st.sampled_from(FIELD_PATHS), inner,
                                                                 max_size=4), max_leaves=10)
-SECTION_TREE = st.fixed_dictionaries({}, optional={
-    section: st.dictionaries(st.sampled_from(list(info.annotation.model_fields)) | KEY_PART,
+def _section(info) -> st.SearchStrategy:
+    fields = st.dictionaries(st.sampled_from(list(list_item(info.annotation).model_fields)) | KEY_PART,
                              HOSTILE | st.sampled_from([1, 0, -1, 0.5, True, "auto", "cpu", "kl", "exact", ["mmlu"]]),
                              max_size=4)
-    for section, info in RunConfig.model_fields.items()})
+    # A list of sections (rounds) gets lists of them, and now and then a bare section.
+    return st.lists(fields, max_size=3) | fields if list_item(info.annotation) is not info.annotation else fields
+
+
+SECTION_TREE = st.fixed_dictionaries({}, optional={
+    section: _section(info) for section, info in RunConfig.model_fields.items()})
 
 
 def check_config(got: Any) -> None:

@@ -270,7 +270,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a finished run director
 
 
 @app.command()
-def sweep(config: Annotated[str, typer.Option("--config", "-c", help="sweep YAML, or a shipped one: reproduce-cpu, reproduce-paper, regularizers-cpu")],
+def sweep(config: Annotated[str, typer.Option("--config", "-c", help="sweep YAML, or a shipped one: reproduce-cpu, reproduce-paper, regularizers-cpu, continual-cpu")],
           out: Annotated[Path, typer.Option("--out", "-o", help="sweep directory")] = Path("runs/sweep"),
           workers: Annotated[int, typer.Option("--workers", "-w", help="runs in parallel (one process each)")] = 1,
           executor: Annotated[str, typer.Option(help="local (worker processes) or ray")] = "local",

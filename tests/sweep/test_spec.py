@@ -18,7 +18,8 @@ def test_grid_product_joined_fields_and_variants():
     assert points[4] == {"mixture.known_per_fact": 1, "mixture.n_unknown": 1, "mixture.seed": 1, "train.seed": 1}
 
 
-@pytest.mark.parametrize("name, runs", [("reproduce-cpu", 36), ("reproduce-paper", 90), ("regularizers-cpu", 6)])
+@pytest.mark.parametrize("name, runs", [("reproduce-cpu", 36), ("reproduce-paper", 90), ("regularizers-cpu", 6),
+                                        ("continual-cpu", 5)])
 def test_shipped_sweeps_resolve_by_name(name, runs):
     assert name in shipped_sweeps()
     path = sweep_path(name)
@@ -29,6 +30,10 @@ def test_shipped_sweeps_resolve_by_name(name, runs):
         assert {c.mixture.n_unknown for _, c in points} == {1, 10, 50, 100}
         assert all(c.model.name == "smollm2-135m-instruct" for _, c in points)
         assert all(c.mixture.seed == c.train.seed for _, c in points)
+    if name == "continual-cpu":  # 5 rounds of 50 facts; continue and stack with and without 20% replay
+        assert all([r.n_unknown for r in c.rounds] == [50] * 5 for _, c in points)
+        assert sorted((c.continual.strategy, max(r.replay for r in c.rounds)) for _, c in points) == [
+            ("continue", 0.0), ("continue", 0.2), ("retrain", 0.0), ("stack", 0.0), ("stack", 0.2)]
 
 
 @pytest.mark.parametrize("document, message", [
@@ -52,6 +57,15 @@ def test_bad_sweep_files_are_one_line_errors(tmp_path, document, message):
     assert message in str(caught.value) and str(path) in str(caught.value)
 
 
+def test_rounds_a_strategy_cannot_support_name_the_grid_point(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"preset": "smoke", "base": {"rounds": [{}, {"replay": 0.2}]},
+                                    "grid": {"continual.strategy": ["continue", "retrain"]}}))
+    with pytest.raises(KnowpackError, match=r"grid point \{'continual.strategy': 'retrain'\}: round 2 \(rounds\[1\]\): "
+                                            r"replay=0.2 with continual.strategy=retrain"):
+        resolve_points(load_sweep(path), path)
+
+
 def test_bad_values_name_the_grid_point(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"preset": "smoke", "base": {"train": {"epochs": 2}},
@@ -69,7 +83,7 @@ def test_cli_errors_for_sweeps_are_one_line(run_cli, tmp_path):
         (["sweep", "--config", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "a")],
          "unknown field 'mixture.n_unknwn'; did you mean 'mixture.n_unknown'?"),
         (["sweep", "--config", "reproduce-gpu", "--out", str(tmp_path / "b")],
-         "no shipped sweep config of that name (shipped: regularizers-cpu, reproduce-cpu, reproduce-paper)"),
+         "no shipped sweep config of that name (shipped: continual-cpu, regularizers-cpu, reproduce-cpu, reproduce-paper)"),
         (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "c"), "--workers", "0"],
          "--workers 0: give at least 1"),
         (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "d"), "--executor", "slurm"],

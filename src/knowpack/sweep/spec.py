@@ -153,7 +153,15 @@ def resolve_points(sweep: SweepConfig, path: str | Path) -> list[tuple[dict[str,
     resolved = []
     for point in expand_grid(sweep.grid, sweep.variants):
         try:
-            resolved.append((point, RunConfig.model_validate(_merge(base, _nested(point)))))
+            config = RunConfig.model_validate(_merge(base, _nested(point)))
         except ValidationError as err:
             raise _explain(err, f"{path}: grid point {point}") from err
+        if config.rounds:  # rounds that contradict the strategy fail here, not in a worker hours later
+            from knowpack.continual import check_rounds
+
+            try:
+                check_rounds(config)
+            except KnowpackError as err:
+                raise KnowpackError(f"{path}: grid point {point}: {err}") from err
+        resolved.append((point, config))
     return resolved
