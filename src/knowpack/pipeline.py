@@ -150,8 +150,12 @@ class Recipe:
         c = self.config
         key = fingerprint("rounds_plan", upstream, c.mixture.model_dump(), [r.model_dump() for r in c.rounds],
                           c.continual.model_dump())
-        self._stage("rounds_plan", key, [PLAN], lambda: self.run.write_json(PLAN, [p.model_dump() for p in plan_rounds(
-            self.facts(), self.run.read_table("categories_before.parquet"), c)]))
+
+        def plan():  # every round's facts, before round 1 trains: too few Unknown facts fail here
+            plans = plan_rounds(self.facts(), self.run.read_table("categories_before.parquet"), c)
+            self.run.write_json(PLAN, [p.model_dump() for p in plans])
+
+        self._stage("rounds_plan", key, [PLAN], plan)
         self._model = None  # each round loads its own copy of the base
         rounds = Rounds(self.run, c, self.facts(), [RoundPlan.model_validate(p) for p in self.run.read_json(PLAN)],
                         lambda: load_configured_model(c.model), self.console, self.progress)

@@ -69,7 +69,12 @@ def lines(series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[flo
         colors[name] = axes.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name).lines[0].get_color()
     for name, (x, y) in (curves or {}).items():  # "fit: <series>" is drawn in its series' colour
         axes.plot(x, y, linestyle="--", label=name, color=colors.get(name.removeprefix("fit: ")))
-    _axes_style(axes, logx, [x for xs, _, _ in series.values() for x in xs])
+    xs = [x for values, _, _ in series.values() for x in values]
+    _axes_style(axes, logx, xs)
+    if not logx and xs and all(float(x).is_integer() for x in xs):  # epochs, rounds: no "1.2" ticks
+        from matplotlib.ticker import MaxNLocator
+
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ylim:
         axes.set_ylim(*ylim)
     axes.set_xlabel(xlabel)

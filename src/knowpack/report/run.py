@@ -114,7 +114,7 @@ def _continual(metrics: dict) -> Section:
                                              value_label="reliability", value_range=(0.0, 1.0)))
         after = list(range(1, len(rows) + 1))
         section.figures.append(plots.lines(
-            {name: (after[k:], [float(v) for v in matrix[k:, k]], None) for k, name in enumerate(names)},
+            {f"{name} facts": (after[k:], [float(v) for v in matrix[k:, k]], None) for k, name in enumerate(names)},
             "after training round", "reliability (share correct)", "Reliability of each round's facts, round by round",
             ylim=(-0.02, 1.02)))
     return section
