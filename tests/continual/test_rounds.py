@@ -105,3 +105,28 @@ def test_stack_and_retrain(tiny_model_dir, facts_file, tmp_path, strategy, repla
         assert {e.fact_id for e in plans[1].examples} == set(plans[0].new_ids + plans[1].new_ids)
     assert [len(r["reliability_by_round"]) for r in rows] == [1, 2]
     assert json.loads((run_dir / "trained_facts.json").read_text()) == plans[0].new_ids + plans[1].new_ids
+
+
+def test_full_fine_tune_continues_where_the_last_round_ended(tiny_model_dir, facts_file, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from knowpack.continual import Rounds
+    from knowpack.facts import read_facts
+    from knowpack.models import load_configured_model
+
+    config = load_config("smoke", overrides=overrides(tiny_model_dir, facts_file, "continue", 0.0)
+                         + ["train.method=full", "train.lr=1e-3"])
+    run_dir = run_pipeline(config, tmp_path / "run", until="train", progress=False, console=Console(record=True))
+    assert (run_dir / "finetuned").is_dir() and (run_dir / round_dir(2) / "finetuned").is_dir()
+    plans = [RoundPlan.model_validate(p) for p in json.loads((run_dir / "rounds/plan.json").read_text())]
+    rounds = Rounds(RunDir(run_dir), config, read_facts(run_dir / "facts.jsonl"), plans,
+                    lambda: load_configured_model(config.model), Console(record=True), progress=False)
+    model, _ = rounds.trainable(2)
+    after_round_1 = load_file(run_dir / round_dir(1) / "finetuned" / "model.safetensors")
+    weights = dict(model.tuned.named_parameters())
+    assert len(set(after_round_1) & set(weights)) == len(after_round_1)  # every saved tensor is compared
+    assert all(torch.equal(weights[name], value) for name, value in after_round_1.items())
+    assert all(p.requires_grad for p in model.tuned.parameters())
+    base = dict(model.base.named_parameters())
+    assert any(not torch.equal(base[name], value) for name, value in after_round_1.items())  # round 1 trained
