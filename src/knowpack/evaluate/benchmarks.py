@@ -91,19 +91,24 @@ def load_mmlu(n_questions: int | None = None, *, shots: int = 5, seed: int = 0,
     return docs
 
 
-def find_truthfulqa() -> Path:
-    """$KNOWPACK_TRUTHFULQA when set, else the official mc_task.json shipped in the package."""
-    env = os.environ.get(TRUTHFULQA_ENV)
+def find_data_file(task: str, env_var: str, shipped: Path, what: str, config_field: str) -> Path:
+    """``$env_var`` when set, else the ``shipped`` copy; one line naming the task and the fix otherwise."""
+    env = os.environ.get(env_var)
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
-            raise KnowpackError(f"truthfulqa: {TRUTHFULQA_ENV}={env} is not a file; "
-                                "point it at the official mc_task.json or unset it to use the shipped copy")
+            raise KnowpackError(f"{task}: {env_var}={env} is not a file; "
+                                f"point it at {what} or unset it to use the shipped copy")
         return path
-    if not TRUTHFULQA_FILE.is_file():
-        raise KnowpackError(f"truthfulqa: the shipped {TRUTHFULQA_FILE} is missing; reinstall knowpack "
-                            f"(pip install --force-reinstall -e .), or set {TRUTHFULQA_ENV} or truthfulqa_path")
-    return TRUTHFULQA_FILE
+    if not shipped.is_file():
+        raise KnowpackError(f"{task}: the shipped {shipped} is missing; reinstall knowpack "
+                            f"(pip install --force-reinstall -e .), or set {env_var} or {config_field}")
+    return shipped
+
+
+def find_truthfulqa() -> Path:
+    """$KNOWPACK_TRUTHFULQA when set, else the official mc_task.json shipped in the package."""
+    return find_data_file("truthfulqa", TRUTHFULQA_ENV, TRUTHFULQA_FILE, "the official mc_task.json", "truthfulqa_path")
 
 
 def load_truthfulqa(n_questions: int | None = None, *, seed: int = 0, path: str | Path | None = None,

@@ -51,17 +51,9 @@ METRICS = tuple(f"{score}_{kind}" for score in ("bleu", "rouge1", "rouge2", "rou
 
 def find_truthfulqa_gen() -> Path:
     """$KNOWPACK_TRUTHFULQA_GEN when set, else the official TruthfulQA.csv shipped in the package."""
-    env = os.environ.get(TRUTHFULQA_GEN_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise KnowpackError(f"truthfulqa_gen: {TRUTHFULQA_GEN_ENV}={env} is not a file; point it at "
-                                f"{OFFICIAL_CSV} or unset it to use the shipped copy")
-        return path
-    if not TRUTHFULQA_GEN_FILE.is_file():
-        raise KnowpackError(f"truthfulqa_gen: the shipped {TRUTHFULQA_GEN_FILE} is missing; reinstall knowpack "
-                            f"(pip install --force-reinstall -e .), or set {TRUTHFULQA_GEN_ENV} or truthfulqa_gen_path")
-    return TRUTHFULQA_GEN_FILE
+    from knowpack.evaluate.benchmarks import find_data_file
+
+    return find_data_file("truthfulqa_gen", TRUTHFULQA_GEN_ENV, TRUTHFULQA_GEN_FILE, OFFICIAL_CSV, "truthfulqa_gen_path")
 
 
 def load_truthfulqa_gen(n_questions: int | None = None, *, seed: int = 0, path: str | Path | None = None,
