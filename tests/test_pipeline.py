@@ -8,7 +8,8 @@ from rich.console import Console
 from knowpack.config import load_config
 from knowpack.pipeline import run_pipeline
 
-ARTIFACTS = ["config.yaml", "facts.jsonl", "probe_before.parquet", "categories_before.parquet", "train_set.jsonl",
+ARTIFACTS = ["config.yaml", "facts.jsonl", "probe_before.parquet", "categories_before.parquet", "benchmarks_base.json",
+             "train_set.jsonl",
              "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "probe_after.parquet",
              "categories_after.parquet", "metrics.json", "report.md", "report.html", "manifest.json"]
 
@@ -37,13 +38,17 @@ def test_run_writes_every_artifact_and_reuses_stages(tiny_model_dir, tmp_path):
 
     console = Console(record=True, width=200)
     run_pipeline(config, run_dir, progress=False, console=console)
-    assert console.export_text().count("reused") == 6
+    assert console.export_text().count("reused") == 7
 
     changed = load_config("smoke", overrides=tiny_overrides(tiny_model_dir) + ["eval.mmlu_shots=0"])
     console = Console(record=True, width=200)
     run_pipeline(changed, run_dir, progress=False, console=console)
     text = console.export_text()
     assert "✓ probe_after: reused" in text and "▶ evaluate" in text
+    # the base model's scores depend on the benchmark settings: recomputed, while training is reused
+    assert "▶ base_eval" in text and "✓ train: reused" in text
+    assert json.loads((run_dir / "metrics.json").read_text())["benchmarks_base"] == json.loads(
+        (run_dir / "benchmarks_base.json").read_text())
 
 
 def test_an_edited_facts_file_is_read_again(tmp_path):

@@ -1,4 +1,4 @@
-"""The `run` recipe: facts → probe before → mixture → train → probe after → evaluate → report.
+"""The `run` recipe: facts → probe before → base scores → mixture → train → probe after → evaluate → report.
 
 With ``rounds`` the train stage is continual packing (`knowpack.continual`): a plan of every round,
 then one stage per round (``round-1``, ``round-2``, …, each reused or resumed on its own), then the
@@ -24,7 +24,7 @@ from rich.console import Console
 
 from knowpack.config import RunConfig, config_to_yaml
 from knowpack.continual import PLAN, ROUNDS, RoundPlan, Rounds, check_rounds, paraphrases_trained, plan_rounds
-from knowpack.evaluate import check_benchmark_data, evaluate_run
+from knowpack.evaluate import BENCHMARKS_BASE, benchmark_settings, check_benchmark_data, evaluate_run, run_benchmarks
 from knowpack.facts import Fact, build_facts, facts_to_jsonl, read_facts
 from knowpack.models import check_model_settings, load_configured_model
 from knowpack.probe import categorize, probe_facts
@@ -98,6 +98,18 @@ class Recipe:
 
         self._stage("probe_before", key, ["probe_before.parquet", "categories_before.parquet"], compute)
         return key
+
+    def base_eval_stage(self, upstream: str) -> str:
+        """The base model's benchmark scores, before any training (``benchmarks_base`` in metrics.json).
+
+        They depend only on the model and the benchmark settings, so a sweep computes them once beside
+        its shared base probe and every run adopts them. The upstream key passes through unchanged:
+        later stages never read these scores, and runs made before this stage existed stay reusable.
+        """
+        key = fingerprint("base_eval", self.config.model.model_dump(), benchmark_settings(self.config.eval))
+        self._stage("base_eval", key, [BENCHMARKS_BASE], lambda: self.run.write_json(
+            BENCHMARKS_BASE, run_benchmarks(self.model, self.tokenizer, self.config.eval, progress=self.progress)))
+        return upstream
 
     def train_stage(self, upstream: str) -> str:
         c = self.config
@@ -218,7 +230,7 @@ class Recipe:
 
         def compute():
             metrics = evaluate_run(self.run, self.adapted_model(), self.tokenizer, self.config.eval,
-                                   progress=self.progress)
+                                   self.run.read_json(BENCHMARKS_BASE), progress=self.progress)
             if self.config.rounds:
                 metrics.update(self.run.read_json(ROUNDS))  # "rounds" (a row per round) and "continual"
             self.run.write_json("metrics.json", metrics)
@@ -248,7 +260,7 @@ class Recipe:
         return key
 
 
-STAGES = ("facts", "probe_before", "train", "probe_after", "evaluate", "report")
+STAGES = ("facts", "probe_before", "base_eval", "train", "probe_after", "evaluate", "report")
 
 
 def run_pipeline(config: RunConfig, out: str | Path, *, until: str = "report", progress: bool = True,

@@ -88,7 +88,7 @@ def test_two_rounds_rows_retention_and_resume_mid_round(tiny_model_dir, facts_fi
 
     console = Console(record=True, width=200)
     run_pipeline(config, run_dir, progress=False, console=console)
-    assert console.export_text().count("reused") == 9  # facts, probe, plan, 2 rounds, train, probe, eval, report
+    assert console.export_text().count("reused") == 10  # facts, probe, base scores, plan, 2 rounds, train, probe, eval, report
 
 
 @pytest.mark.parametrize("strategy, replay", [("stack", 0.5), ("retrain", 0.0)])

@@ -70,12 +70,14 @@ def test_four_runs_on_two_workers_share_one_base_probe_and_are_not_redone(tiny_s
     assert set(table["trained_params"]) == {TINY_TRAINED_PARAMS}
     assert {"reliability", "shift.negative", "forgetting.ce_vs_base", "train.final_loss", "config.lora.rank",
             "schema_version", "seconds"} <= set(table.columns)
-    # the base model was probed once, in shared/, and every run adopted that probe
+    # the base model was probed and scored once, in shared/, and every run adopted both
     shared = list((out / "shared").iterdir())
     assert len(shared) == 1 and (shared[0] / "probe_before.parquet").is_file()
+    assert (shared[0] / "benchmarks_base.json").is_file()
     for run_dir in _runs(out):
         log = (run_dir / "run.log").read_text()
         assert f"probe_before: reused from {shared[0]}" in log, log
+        assert f"base_eval: reused from {shared[0]}" in log, log
         assert (run_dir / "report.html").is_file()
     # two workers really ran at once: some runs overlap in time
     spans = sorted((s["started"], s["started"] + s["seconds"]) for s in map(_status, _runs(out)))

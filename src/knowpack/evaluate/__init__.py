@@ -14,8 +14,17 @@ from knowpack.evaluate.knowledge import (answer_stats, exploded_answers, knowled
                                         shift_reasons)
 from knowpack.rundir import RunDir
 
-__all__ = ["answer_stats", "check_benchmark_data", "evaluate_adapter", "evaluate_run", "knowledge_shift", "locality",
+__all__ = ["BENCHMARKS_BASE", "answer_stats", "benchmark_settings", "check_benchmark_data", "evaluate_adapter", "evaluate_run", "knowledge_shift", "locality",
            "reliability", "run_benchmarks"]
+
+
+BENCHMARKS_BASE = "benchmarks_base.json"  # the base model's scores, written by the pipeline's base_eval stage
+
+
+def benchmark_settings(config: EvalConfig) -> dict:
+    """The eval fields that decide benchmark scores (a change in any other field leaves them valid)."""
+    return config.model_dump(include={"benchmarks", "benchmark_questions", "mmlu_shots", "seed", "truthfulqa_path",
+                                      "truthfulqa_source", "truthfulqa_gen_path"})
 
 
 def check_benchmark_data(config: EvalConfig) -> None:
@@ -44,7 +53,9 @@ def run_benchmarks(model, tokenizer, config: EvalConfig, progress: bool = True) 
                 progress=progress)
 
 
-def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, progress: bool = True) -> dict:
+def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, benchmarks_base: dict[str, float],
+                 progress: bool = True) -> dict:
+    """``benchmarks_base``: the base model's scores under the same settings (the base_eval stage)."""
     rows_before, rows_after = run.read_table("probe_before.parquet"), run.read_table("probe_after.parquet")
     cats_before, cats_after = run.read_table("categories_before.parquet"), run.read_table("categories_after.parquet")
     trained_ids = set(run.read_json("trained_facts.json"))
@@ -55,8 +66,6 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, prog
     heldout_rows_before = rows_before[rows_before["fact_id"].isin(after_ids - trained_ids)]
     heldout_rows_after = rows_after[~rows_after["fact_id"].isin(trained_ids)]
     benchmarks = run_benchmarks(adapted_model, tokenizer, config, progress)
-    with adapted_model.disable_adapter():
-        benchmarks_base = run_benchmarks(adapted_model, tokenizer, config, progress)
     metrics = {
         "reliability": reliability(rows_after, trained_ids),
         "reliability_by_epoch": stats.pop("reliability_by_epoch"),

@@ -3,8 +3,8 @@
 In:  a sweep YAML (see `knowpack.sweep.spec`; shipped ones by name: ``reproduce-cpu``, ``reproduce-paper``,
      ``regularizers-cpu``, ``continual-cpu``),
      an output directory, an executor (``local`` worker processes or ``ray``) and a number of workers.
-Out: ``<out>/sweep.yaml`` (the spec), ``<out>/shared/<key>/`` (facts and base-model probe, computed once
-     per distinct facts/probe/model setting), ``<out>/runs/<id>/`` per grid point (a full run directory
+Out: ``<out>/sweep.yaml`` (the spec), ``<out>/shared/<key>/`` (facts, base-model probe and base benchmark
+     scores, computed once per distinct facts/probe/model setting), ``<out>/runs/<id>/`` per grid point (a full run directory
      plus ``sweep_task.json``, ``status.json`` and ``run.log``), and ``<out>/results.parquet`` (one row
      per run, see `knowpack.sweep.results`), rewritten as each run ends.
 
@@ -45,7 +45,7 @@ class SweepRunsFailed(KnowpackError):
 
 
 def base_key(config: RunConfig) -> str:
-    """Runs with equal facts, probe and model settings share one base-model probe."""
+    """Runs with equal facts, probe and model settings share one base-model probe (and base scores)."""
     return fingerprint("base", config.facts.model_dump(mode="json"), config.probe.model_dump(mode="json"),
                        config.model.model_dump(mode="json"))[:10]
 
@@ -126,7 +126,7 @@ def _layout(points: list[tuple[dict[str, Any], RunConfig]], out: Path,
         key = base_key(config)
         if key not in shared:
             shared[key] = out / "shared" / key
-            _write_task(shared[key], {}, config, "probe_before", [])
+            _write_task(shared[key], {}, config, "base_eval", [])
         run_dir = out / "runs" / fingerprint(config.model_dump(mode="json"))[:10]
         if run_dir in runs:
             console.print(f"[yellow]warning:[/yellow] grid point {_label(point)} gives the same config as "
