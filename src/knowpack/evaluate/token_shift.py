@@ -41,7 +41,6 @@ from knowpack.lm.cache import extend, left_padded
 from knowpack.lm.decode import DecodeSettings, generate_with_prefix
 from knowpack.lm.kl import kl_rows
 
-
 STYLE_TOKENS_FILE = Path(__file__).resolve().parent / "data" / "style_tokens.txt"
 KL_PERCENTILES = (50, 90, 95, 99)
 TOP_POSITIONS = 0.05  # "KL near 0 except the top 5% of positions" (Ghosh et al. 2024)

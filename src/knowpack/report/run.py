@@ -258,12 +258,14 @@ def _token_shift_measures(t: dict) -> str:
         return fmt(t.get(key)) if t.get(key) is not None else f"— ({why.get(key, 'undefined')})"
 
     percentiles = t["kl_percentiles"]
+    copied = "copied: share of shifted tokens whose word occurs in the training set"
+    if t.get("training_texts") is not None:
+        copied += f" ({t['training_texts']} training questions and answers)"
     rows = [[f"KL at position percentile {q[1:]} (nats)", fmt(v)] for q, v in percentiles.items()]
     rows += [["share of total KL in the top 5% of positions", value("kl_top5_share")],
              [f"style / content share of the {t.get('shifted_words', 0)} shifted tokens with a word",
               f"{value('style')} / {value('content')}"],
-             [f"copied: share of shifted tokens whose word occurs in the training set "
-              f"({fmt(t.get('training_texts'))} training questions and answers)", value("copied")],
+             [copied, value("copied")],
              ["copied, content words only", value("copied_content")]]
     return ("Where the change sits and what it is: *style* = the token's word is a function word or discourse "
             "marker of the shipped list, *content* = any other word; *copied* = its word occurs in the training "
