@@ -70,7 +70,8 @@ def test_cli_shift(tiny_model, tiny_model_dir, smollm2_tokenizer, tmp_path, run_
     result = run_cli("shift", "--adapter", str(adapter), "--prompts", str(prompts), "--max-new-tokens", "4",
                      f"model.name={tiny_model_dir}")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1])["unshifted"] == 1.0
+    shift = json.loads(result.stdout.strip().splitlines()[-1])
+    assert shift["unshifted"] == 1.0 and shift["copied"] is None and "KL at percentiles" in result.stdout
     bad = run_cli("shift", "--adapter", str(tmp_path / "none"), f"model.name={tiny_model_dir}")
     assert bad.returncode == 2 and "none: no such adapter folder" in bad.stderr
 
