@@ -10,9 +10,19 @@ import torch
 
 from knowpack.config import LoraSettings
 from knowpack.errors import KnowpackError
-from knowpack.evaluate.token_shift import (NO_SHIFTED_WORDS, NO_TRAINING_SET, STYLE_TOKENS_FILE, copied_shares,
-                                           kl_by_position, style_split, style_words, token_kind, token_shift,
-                                           token_word, training_vocabulary)
+from knowpack.evaluate.token_shift import (
+    NO_SHIFTED_WORDS,
+    NO_TRAINING_SET,
+    STYLE_TOKENS_FILE,
+    copied_shares,
+    kl_by_position,
+    style_split,
+    style_words,
+    token_kind,
+    token_shift,
+    token_word,
+    training_vocabulary,
+)
 from knowpack.train import add_lora
 
 PROMPTS = ["What is the capital of France?", "Who wrote Hamlet?", "Name a river in Egypt."]
