@@ -32,6 +32,8 @@ def test_run_writes_every_artifact_and_reuses_stages(tiny_model_dir, tmp_path):
     assert set(metrics["benchmarks"]) == set(metrics["benchmarks_base"]) == {"mmlu"}
     assert {"ce_vs_base", "kl_to_base", "perplexity_base", "perplexity_after"} <= set(metrics["forgetting"])
     assert {"unshifted", "marginal", "shifted", "mean_kl"} <= set(metrics["token_shift"])
+    examples = (run_dir / "train_set.jsonl").read_text().splitlines()
+    assert metrics["token_shift"]["training_texts"] == 2 * len(examples)  # each example's question and answer
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["mixture"]["n_unknown"] == 3
     first_output = console.export_text()
     assert "reused" not in first_output
@@ -87,6 +89,9 @@ def test_eval_any_adapter_from_the_cli(tiny_model_dir, tmp_path, run_cli):
     assert metrics["n_heldout_facts"] == 16 and metrics["adapter"] == str(adapter.resolve())
     assert sum(sum(row.values()) for row in metrics["shift"]["transitions"].values()) == 16
     assert set(metrics["benchmarks"]) == {"mmlu"} and metrics["forgetting"]["kl_to_base"] > 0
+    # no run, so no training set: the copied share is undefined and says why
+    assert metrics["token_shift"]["copied"] is None and metrics["token_shift"]["training_texts"] is None
+    assert metrics["token_shift"]["none_because"]["copied"].startswith("no training set")
     for name in ("probe_before.parquet", "probe_after.parquet", "categories_after.parquet", "facts.jsonl"):
         assert (out / name).exists()
     missing = run_cli("eval", "--preset", "smoke", "--adapter", str(tmp_path / "nope"), "--out", str(tmp_path / "x"),

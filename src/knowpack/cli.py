@@ -255,6 +255,10 @@ def token_shift_command(
     table = Table(title=f"token shift of {adapter} over {result['tokens']} generated tokens", show_header=False)
     for key in ("unshifted", "marginal", "shifted", "mean_kl", "mean_base_prob"):
         table.add_row(key, f"{result[key]:.4f}")
+    for key in ("kl_top5_share", "style"):  # None when undefined (copied: no training set here)
+        table.add_row(key, "—" if result[key] is None else f"{result[key]:.4f}")
+    table.add_row("KL at percentiles 50/90/95/99", " / ".join(
+        "—" if v is None else f"{v:.4f}" for v in result["kl_percentiles"].values()))
     table.add_row("most shifted tokens", ", ".join(f"{token!r}×{count}" for token, count in result["top_shifted"]))
     Console().print(table)
     typer.echo(json.dumps(result, ensure_ascii=False))

@@ -79,6 +79,10 @@ def test_run_report_has_a_section_for_every_part_of_the_metrics(tiny_run, tmp_pa
                   "## Locality", "## Training", "## Configuration"):
         assert title in text
     assert "| same subject as a trained fact | 0.750 | 4 |" in text and "| same relation as a trained fact | — | 0 |" in text
+    shift = RunDir(tiny_run).read_json("metrics.json")["token_shift"]
+    assert shift["training_texts"] > 0  # the copied share read the run's train_set.jsonl
+    assert "KL at position percentile 95" in text and "share of total KL in the top 5% of positions" in text
+    assert f"({shift['training_texts']} training questions and answers)" in text
     html = page.read_text()
     assert "<script" not in html and "src=\"http" not in html and "href=" not in html  # self-contained, static
     seen = render(page, tmp_path)
@@ -107,6 +111,27 @@ def test_report_of_an_outside_adapter_shows_only_what_it_measured(tmp_path):
     seen = render(page, tmp_path)
     assert seen["sections"] == ["summary", "shift", "answers", "benchmarks", "configuration"]
     assert_images_render(seen, text.count("*Figure: "))
+
+
+def test_token_shift_section_says_why_a_share_is_undefined():
+    from knowpack.report.run import run_sections
+
+    shift = {"unshifted": 0.5, "marginal": 0.25, "shifted": 0.25, "mean_kl": 0.1, "mean_base_prob": 0.4,
+             "top_shifted": [[" However", 3], [" Paris", 1]], "top_shifted_kinds": ["style", "content"], "tokens": 16,
+             "kl_percentiles": {"p50": 0.0, "p90": 0.01, "p95": 0.5, "p99": 1.25}, "kl_top5_share": 0.8,
+             "shifted_words": 4, "style": 0.75, "content": 0.25, "copied": None, "copied_content": None,
+             "training_texts": None, "none_because": {"copied": "no training set: an outside adapter",
+                                                      "copied_content": "no training set: an outside adapter"}}
+    section = next(s for s in run_sections({"token_shift": shift}, {}) if s.id == "token-shift")
+    assert "`' However'` ×3 (style), `' Paris'` ×1 (content)" in section.text
+    assert "| KL at position percentile 95 (nats) | 0.500 |" in section.text
+    assert "| share of total KL in the top 5% of positions | 0.800 |" in section.text
+    assert "| style / content share of the 4 shifted tokens with a word | 0.750 / 0.250 |" in section.text
+    assert ("| copied: share of shifted tokens whose word occurs in the training set | "
+            "— (no training set: an outside adapter) |") in section.text
+    old = {k: shift[k] for k in ("unshifted", "marginal", "shifted", "mean_kl", "mean_base_prob", "top_shifted")}
+    section = next(s for s in run_sections({"token_shift": old}, {}) if s.id == "token-shift")
+    assert "percentile" not in section.text  # a run evaluated before these measures still renders
 
 
 def _fake_sweep(tiny_run: Path, out: Path) -> Path:

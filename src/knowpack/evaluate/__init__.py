@@ -88,12 +88,25 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, benc
                                              facts, trained_ids, exploded)
     metrics["locality"] = locality(heldout_rows_before, heldout_rows_after, facts, trained_ids)
     questions = [f.question for f in facts if f.fact_id not in trained_ids]
-    metrics.update(model_change_metrics(adapted_model, tokenizer, config, questions))
+    metrics.update(model_change_metrics(adapted_model, tokenizer, config, questions, training_texts(run)))
     return metrics
 
 
-def model_change_metrics(adapted_model, tokenizer, config: EvalConfig, questions: list[str]) -> dict:
-    """``forgetting`` on held-out text and ``token_shift`` on the first ``questions``, each when enabled."""
+def training_texts(run: RunDir) -> list[str]:
+    """The questions and answers of the run's training set (``train_set.jsonl``), for the copied share."""
+    import json
+
+    lines = (run / "train_set.jsonl").read_text(encoding="utf-8").splitlines()
+    examples = [json.loads(line) for line in lines if line.strip()]
+    return [text for e in examples for text in (e["question"], e["answer"])]
+
+
+def model_change_metrics(adapted_model, tokenizer, config: EvalConfig, questions: list[str],
+                         training_texts: list[str] | None = None) -> dict:
+    """``forgetting`` on held-out text and ``token_shift`` on the first ``questions``, each when enabled.
+
+    ``training_texts``: the training questions and answers (None for an outside adapter).
+    """
     metrics = {}
     if config.forgetting_passages:
         from knowpack.evaluate.forgetting import forgetting, load_passages
@@ -103,7 +116,8 @@ def model_change_metrics(adapted_model, tokenizer, config: EvalConfig, questions
     if config.token_shift_prompts:
         from knowpack.evaluate.token_shift import token_shift
 
-        metrics["token_shift"] = token_shift(adapted_model, tokenizer, questions[:config.token_shift_prompts])
+        metrics["token_shift"] = token_shift(adapted_model, tokenizer, questions[:config.token_shift_prompts],
+                                             training_texts=training_texts)
     return metrics
 
 

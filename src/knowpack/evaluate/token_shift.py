@@ -6,12 +6,33 @@ Out: the tuned model answers each prompt greedily; at every generated position t
      (shares of all generated tokens); ``mean_kl`` = mean KL(base‖tuned) at those positions;
      ``mean_base_prob`` of the chosen tokens; ``top_shifted`` = the most frequent shifted tokens,
      to see whether only style tokens moved or the content did.
+     The measures a LoRA-vs-full comparison reads (Ghosh et al. 2024, arXiv 2402.05119):
+     ``kl_percentiles`` / ``kl_top5_share`` (is the KL near 0 outside the top 5% of positions?),
+     ``style`` / ``content`` shares of the shifted tokens and ``top_shifted_kinds`` (which of the
+     most shifted tokens are style), and ``copied`` / ``copied_content``, the share of shifted
+     tokens that occur in the training questions and answers ("mode copying"). A share that is
+     undefined is None, with its reason in ``none_because``.
+
+Definitions (README, "Token shift"):
+- a token's *word* (`token_word`): its decoded text with whitespace and the leading-space marker
+  stripped, lower-cased, surrounding punctuation stripped; a token with no letter or digit left
+  (punctuation, a newline) has no word and is left out of every share below;
+- *style*: the word is in the shipped list ``data/style_tokens.txt`` (English function words,
+  discourse markers, disclaimer words); *content*: any other word;
+- *copied*: the word is one of the training texts' words (runs of letters, digits and ``_``) or the
+  word of one of their tokens (so a shifted piece of a multi-token name counts as copied).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import string
 from collections import Counter
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -20,11 +41,21 @@ from knowpack.lm.cache import extend, left_padded
 from knowpack.lm.decode import DecodeSettings, generate_with_prefix
 from knowpack.lm.kl import kl_rows
 
+STYLE_TOKENS_FILE = Path(__file__).resolve().parent / "data" / "style_tokens.txt"
+KL_PERCENTILES = (50, 90, 95, 99)
+TOP_POSITIONS = 0.05  # "KL near 0 except the top 5% of positions" (Ghosh et al. 2024)
+NO_TRAINING_SET = "no training set: an adapter evaluated outside a run (knowpack eval --adapter / shift)"
+NO_SHIFTED_WORDS = "no shifted token with a word (letters or digits)"
+
 
 @torch.no_grad()
 def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 8,
-                top: int = 10) -> dict:
-    """Shares of unshifted / marginal / shifted tokens in the tuned model's greedy answers."""
+                top: int = 10, training_texts: list[str] | None = None) -> dict:
+    """Shares of unshifted / marginal / shifted tokens in the tuned model's greedy answers.
+
+    ``training_texts``: the training set's questions and answers, for the copied share (None: not
+    known, e.g. an outside adapter; ``copied`` is then None).
+    """
     if not prompts:
         raise KnowpackError("token shift: no prompts to answer")
     limit = getattr(adapted_model.config, "max_position_embeddings", None)
@@ -78,16 +109,110 @@ def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens:
     finally:
         adapted_model.train(was_training)
     rank_all = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    kl_all = torch.cat(kls).cpu() if kls else torch.zeros(0)
     total = max(int(rank_all.numel()), 1)
+    vocabulary = None if training_texts is None else training_vocabulary(training_texts, tokenizer)
+    top_shifted = shifted.most_common(top)
+    measures = {**kl_by_position(kl_all), **style_split(shifted), **copied_shares(shifted, vocabulary),
+                "top_shifted_kinds": [token_kind(token) for token, _ in top_shifted],
+                "training_texts": None if training_texts is None else len(training_texts)}
     return {
         "unshifted": int((rank_all == 1).sum()) / total,
         "marginal": int(((rank_all >= 2) & (rank_all <= 3)).sum()) / total,
         "shifted": int((rank_all > 3).sum()) / total,
         "mean_kl": float(torch.cat(kls).mean()) if rank_all.numel() else 0.0,
         "mean_base_prob": float(torch.cat(base_probs).mean()) if rank_all.numel() else 0.0,
-        "top_shifted": shifted.most_common(top),
+        "top_shifted": top_shifted,
         "tokens": int(rank_all.numel()),
+        **measures,
+        "none_because": none_reasons(measures, training_texts is not None),
     }
+
+
+# -- the measures a LoRA-vs-full comparison reads: pure functions of the scored tokens ----------------
+def token_word(token: str) -> str | None:
+    """A decoded token's word: whitespace and leading-space markers (Ġ, ▁) stripped, lower-cased,
+    surrounding punctuation stripped; None when no letter or digit is left (punctuation, newlines)."""
+    word = token.replace("Ġ", " ").replace("▁", " ").strip().lower().strip(string.punctuation + "“”‘’«»…–—")
+    return word if any(c.isalnum() for c in word) else None
+
+
+@cache
+def style_words() -> frozenset[str]:
+    """The shipped style list: one word a line, ``#`` comments."""
+    lines = STYLE_TOKENS_FILE.read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip().lower() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def token_kind(token: str) -> str:
+    """``style`` (its word is in the style list), ``content`` (any other word) or ``other`` (no word)."""
+    word = token_word(token)
+    return "other" if word is None else "style" if word in style_words() else "content"
+
+
+def style_split(shifted: Counter[str]) -> dict:
+    """Shares of style and content words among the shifted tokens that have a word (counted with repeats)."""
+    kinds = Counter()
+    for token, count in shifted.items():
+        kinds[token_kind(token)] += count
+    words = kinds["style"] + kinds["content"]
+    return {"shifted_words": words, "style": kinds["style"] / words if words else None,
+            "content": kinds["content"] / words if words else None}
+
+
+def training_vocabulary(texts: Iterable[str], tokenizer) -> frozenset[str]:
+    """Every word of the training texts and the word of each of their tokens.
+
+    Tokens too: a rare name is several tokens, and a shifted piece of it is copied though no whole
+    word matches. Each text is tokenized after a space, as it stands inside a sentence.
+    """
+    vocabulary: set[str] = set()
+    for text in texts:
+        vocabulary.update(re.findall(r"\w+", text.lower()))
+        pieces = (token_word(tokenizer.decode([i])) for i in tokenizer(" " + text, add_special_tokens=False).input_ids)
+        vocabulary.update(p for p in pieces if p)
+    return frozenset(vocabulary)
+
+
+def copied_shares(shifted: Counter[str], vocabulary: frozenset[str] | None) -> dict:
+    """Share of shifted tokens (with a word) whose word occurs in the training texts, over all of them
+    (``copied``) and over the content ones only (``copied_content``: function words copy trivially)."""
+    def share(kinds: set[str]) -> float | None:
+        counted = [(token_word(t), n) for t, n in shifted.items() if token_kind(t) in kinds]
+        total = sum(n for _, n in counted)
+        if vocabulary is None or not total:
+            return None
+        return sum(n for word, n in counted if word in vocabulary) / total
+
+    return {"copied": share({"style", "content"}), "copied_content": share({"content"})}
+
+
+def kl_by_position(kl: torch.Tensor) -> dict:
+    """KL(base‖tuned) at the scored positions: percentiles (linear interpolation) and the share of the
+    total carried by the top 5% of positions (at least one); None when undefined."""
+    if not kl.numel():
+        return {"kl_percentiles": {f"p{q}": None for q in KL_PERCENTILES}, "kl_top5_share": None}
+    kl = kl.double().clamp_min(0)  # float round-off can leave a tiny negative KL
+    quantiles = torch.quantile(kl, torch.tensor([q / 100 for q in KL_PERCENTILES], dtype=kl.dtype))
+    total = float(kl.sum())
+    top = math.ceil(TOP_POSITIONS * kl.numel())
+    return {"kl_percentiles": {f"p{q}": float(v) for q, v in zip(KL_PERCENTILES, quantiles)},
+            "kl_top5_share": float(kl.topk(top).values.sum()) / total if total > 0 else None}
+
+
+def none_reasons(measures: dict, has_training_set: bool) -> dict[str, str]:
+    """Why each undefined share is None, in words the report shows."""
+    reasons = {}
+    if measures["kl_top5_share"] is None:
+        reasons["kl_top5_share"] = "no scored position" if measures["kl_percentiles"]["p50"] is None \
+            else "KL is 0 at every position"
+    if measures["style"] is None:
+        reasons["style"] = reasons["content"] = NO_SHIFTED_WORDS
+    if measures["copied"] is None:
+        reasons["copied"] = NO_TRAINING_SET if not has_training_set else NO_SHIFTED_WORDS
+    if measures["copied_content"] is None:
+        reasons["copied_content"] = NO_TRAINING_SET if not has_training_set else "no shifted content word"
+    return reasons
 
 
 def _as_chat(tokenizer, prompt: str) -> str:

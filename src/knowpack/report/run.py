@@ -60,6 +60,8 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
     if shift:
         rows.append(("tokens unshifted / marginal / shifted",
                      f"{shift['unshifted']:.2f} / {shift['marginal']:.2f} / {shift['shifted']:.2f}"))
+        if "copied" in shift:
+            rows.append(("shifted tokens: style / copied from training", f"{fmt(shift['style'])} / {fmt(shift['copied'])}"))
     locality = metrics.get("locality")
     if locality:
         rows.append(("locality (same subject / same relation)",
@@ -238,10 +240,36 @@ def _token_shift(metrics: dict) -> Section:
                      ["shifted (rank > 3)", fmt(t["shifted"])], ["mean KL per position (nats)", fmt(t.get("mean_kl"))],
                      ["mean base probability", fmt(t.get("mean_base_prob"))]])
     if t.get("top_shifted"):
-        text += "\n\nMost often shifted tokens: " + ", ".join(f"`{tok!r}` ×{n}" for tok, n in t["top_shifted"])
+        kinds = t.get("top_shifted_kinds") or [None] * len(t["top_shifted"])
+        text += "\n\nMost often shifted tokens: " + ", ".join(
+            f"`{tok!r}` ×{n}" + (f" ({kind})" if kind else "") for (tok, n), kind in zip(t["top_shifted"], kinds))
+    if "kl_percentiles" in t:  # runs evaluated before these measures have only the shares above
+        text += "\n\n" + _token_shift_measures(t)
     return Section("token-shift", "Token distribution shift", text, [
         plots.stacked_shares(["tuned model"], {k: [t[k]] for k in ("unshifted", "marginal", "shifted")},
                              "share of generated tokens", "Token shift (rank of each tuned-model token under the base)")])
+
+
+def _token_shift_measures(t: dict) -> str:
+    """KL by position percentile, the style/content split and the copied share (Ghosh et al. 2024)."""
+    why = t.get("none_because") or {}
+
+    def value(key: str) -> str:
+        return fmt(t.get(key)) if t.get(key) is not None else f"— ({why.get(key, 'undefined')})"
+
+    percentiles = t["kl_percentiles"]
+    copied = "copied: share of shifted tokens whose word occurs in the training set"
+    if t.get("training_texts") is not None:
+        copied += f" ({t['training_texts']} training questions and answers)"
+    rows = [[f"KL at position percentile {q[1:]} (nats)", fmt(v)] for q, v in percentiles.items()]
+    rows += [["share of total KL in the top 5% of positions", value("kl_top5_share")],
+             [f"style / content share of the {t.get('shifted_words', 0)} shifted tokens with a word",
+              f"{value('style')} / {value('content')}"],
+             [copied, value("copied")],
+             ["copied, content words only", value("copied_content")]]
+    return ("Where the change sits and what it is: *style* = the token's word is a function word or discourse "
+            "marker of the shipped list, *content* = any other word; *copied* = its word occurs in the training "
+            "questions or answers (mode copying).\n\n" + md_table(["measure", "value"], rows))
 
 
 def _locality(metrics: dict) -> Section:
