@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -74,16 +75,20 @@ def test_zero_trainable_parameters_is_a_user_error_not_a_division_by_zero():
         capacity_summary(table, trainable_params=0, reliability=1.0)
 
 
-def test_cross_entropy_is_the_answer_tokens_of_the_training_format(tiny_model, smollm2_tokenizer):
+@pytest.mark.parametrize("chat", [True, False])
+def test_cross_entropy_is_the_answer_tokens_of_the_training_format(tiny_model, smollm2_tokenizer, chat):
     """Reference: full logits on `encode_example`'s ids, summed over the answer's own tokens (float64)."""
     tokenizer = smollm2_tokenizer
+    if not chat:  # a base model's tokenizer: the plain "…\nAnswer: X" format
+        tokenizer = copy.copy(smollm2_tokenizer)
+        tokenizer.chat_template = None
     facts = [FACTS[0], FACTS[3], fact(9, "capital", "Ciudad de México")]
     reference = []
     for f in facts:
         ids, labels = encode_example(tokenizer, TrainExample(fact_id=f.fact_id, kind="unknown", question=f.question,
                                                              answer=f.answer))
         prompt_len = labels.index(next(label for label in labels if label != -100))
-        prefix = len(tokenizer("Answer:", add_special_tokens=False).input_ids)
+        prefix = len(tokenizer("Answer:", add_special_tokens=False).input_ids) if chat else 0  # plain: in the prompt
         start, end = prompt_len + prefix, len(ids) - 1  # the answer's tokens, without "Answer:" and end of turn
         assert tokenizer.decode(ids[start:end]) == f" {f.answer}"
         with torch.no_grad():
