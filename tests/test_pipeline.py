@@ -11,7 +11,7 @@ from knowpack.pipeline import run_pipeline
 ARTIFACTS = ["config.yaml", "facts.jsonl", "probe_before.parquet", "categories_before.parquet", "benchmarks_base.json",
              "train_set.jsonl",
              "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "probe_after.parquet",
-             "categories_after.parquet", "metrics.json", "report.md", "report.html", "manifest.json"]
+             "categories_after.parquet", "metrics.json", "capacity.parquet", "report.md", "report.html", "manifest.json"]
 
 
 def tiny_overrides(model_dir):
@@ -35,6 +35,11 @@ def test_run_writes_every_artifact_and_reuses_stages(tiny_model_dir, tmp_path):
     examples = (run_dir / "train_set.jsonl").read_text().splitlines()
     assert metrics["token_shift"]["training_texts"] == 2 * len(examples)  # each example's question and answer
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["mixture"]["n_unknown"] == 3
+    capacity = metrics["capacity"]
+    assert capacity["n_facts"] == 3 and capacity["trainable_params"] > 0
+    assert capacity["facts_learned"] == metrics["reliability"] * 3
+    if capacity["bits_stored"] is not None:  # 16 facts: a trained fact's relation may have one answer only
+        assert capacity["bits_per_param"] == capacity["bits_stored"] / capacity["trainable_params"]
     first_output = console.export_text()
     assert "reused" not in first_output
 

@@ -29,6 +29,8 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML 
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run directory")]
 OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. train.lr=5e-4")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+# Listed from the package folder, not typed out, so --help names every shipped sweep (no sweep import).
+SHIPPED_SWEEPS = ", ".join(sorted(p.stem for p in (Path(__file__).parent / "sweep" / "configs").glob("*.yaml")))
 
 
 def _resolve(preset: str, config: Optional[Path], overrides: Optional[list[str]]) -> RunConfig:
@@ -274,7 +276,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a finished run director
 
 
 @app.command()
-def sweep(config: Annotated[str, typer.Option("--config", "-c", help="sweep YAML, or a shipped one: reproduce-cpu, reproduce-paper, regularizers-cpu, continual-cpu")],
+def sweep(config: Annotated[str, typer.Option("--config", "-c", help=f"sweep YAML, or a shipped one: {SHIPPED_SWEEPS}")],
           out: Annotated[Path, typer.Option("--out", "-o", help="sweep directory")] = Path("runs/sweep"),
           workers: Annotated[int, typer.Option("--workers", "-w", help="runs in parallel (one process each)")] = 1,
           executor: Annotated[str, typer.Option(help="local (worker processes) or ray")] = "local",

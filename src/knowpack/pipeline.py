@@ -234,8 +234,10 @@ class Recipe:
             if self.config.rounds:
                 metrics.update(self.run.read_json(ROUNDS))  # "rounds" (a row per round) and "continual"
             self.run.write_json("metrics.json", metrics)
+            if note := metrics["capacity"].get("note") or metrics["capacity"].get("bits_undefined"):
+                self.console.print(f"  capacity: {note}")  # said once, kept in metrics.json too
 
-        self._stage("evaluate", key, ["metrics.json"], compute)
+        self._stage("evaluate", key, ["metrics.json", "capacity.parquet"], compute)
         return key
 
     def facts(self) -> list[Fact]:

@@ -82,6 +82,9 @@ def test_two_rounds_rows_retention_and_resume_mid_round(tiny_model_dir, facts_fi
     assert any(v for row in retention for v in row if v is not None)  # something was learned
     assert metrics["reliability"] == pytest.approx(rows[1]["reliability"])  # the final state is round 2's
     assert {"positive", "negative", "transitions"} <= set(rows[1]["shift"]) and "ce_vs_base" in rows[1]["forgetting"]
+    # round k's capacity counts every fact trained so far, on the state after round k
+    assert [r["capacity"]["n_facts"] for r in rows] == [3, 5]
+    assert all(r["capacity"]["trainable_params"] > 0 for r in rows)
     report = (run_dir / "report.md").read_text()
     assert "## Continual packing" in report and "| trained \\ probed | round 1 | round 2 |" in report
     assert "Retention: reliability on each round" in (run_dir / "report.html").read_text()

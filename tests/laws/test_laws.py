@@ -142,3 +142,39 @@ def test_laws_cli_writes_laws_json_and_refuses_an_unfittable_table(run_cli, tmp_
     assert "needs at least 3 finished runs" in lines[0]
     with pytest.raises(KnowpackError, match="--target 1.5: a reliability between 0 and 1"):
         write_laws(tmp_path / "results.parquet", target=1.5)
+
+
+BITS_PER_PARAM = 0.02  # the most an adapter holds; each fact carries 20 bits
+
+
+def _with_bits(table: pd.DataFrame) -> pd.DataFrame:
+    """Bits stored grow with N until the adapter is full at BITS_PER_PARAM × params (rank 16 is never full)."""
+    params = table["trained_params"]
+    bits = np.minimum(20.0 * table["config.mixture.n_unknown"] * table["reliability"], BITS_PER_PARAM * params)
+    return table.assign(**{"capacity.bits_stored": bits, "capacity.trainable_params": params,
+                           "config.model.name": "tiny"})
+
+
+def test_bits_per_param_is_the_slope_of_the_most_bits_each_adapter_stored():
+    laws = fit_laws(_with_bits(_table()), TARGET, bootstrap=10)
+    assert [c["rank"] for c in laws["capacity"]] == [1, 4, 16] and laws["capacity"][0]["model"] == "tiny"
+    (entry,) = laws["bits_per_param"]
+    adapters = {a["rank"]: a for a in entry["adapters"]}
+    # ranks 1 and 4 fill up (180 and 720 bits); rank 16 (2,880) is not full: its reliability falls faster
+    for rank in (1, 4):
+        assert adapters[rank]["bits_per_param"] == pytest.approx(BITS_PER_PARAM) and not adapters[rank]["at_largest_n"]
+    assert adapters[16]["bits_per_param"] < BITS_PER_PARAM and adapters[16]["n_unknown"] == 300
+    # through the origin, least squares: slope = Σxy / Σx² over the three adapter sizes
+    x = np.array([9000.0, 36000.0, 144000.0])
+    y = np.array([adapters[r]["bits_stored"] for r in (1, 4, 16)])
+    slope = entry["params"]["slope"]
+    assert slope["value"] == pytest.approx(float(x @ y / (x @ x)), rel=1e-6)
+    assert slope["ci95"][0] < slope["value"] < slope["ci95"][1] and entry["n_points"] == 3
+
+
+def test_bits_per_param_with_one_adapter_size_says_what_it_needs():
+    laws = fit_laws(_with_bits(_table()).query("`config.lora.rank` == 1"), TARGET, bootstrap=10)
+    (entry,) = laws["bits_per_param"]
+    assert "2 distinct trainable-parameter values" in entry["error"] and "vary lora.rank" in entry["error"]
+    assert entry["adapters"][0]["bits_per_param"] == pytest.approx(BITS_PER_PARAM)
+    assert fit_laws(_table(), TARGET, bootstrap=10)["bits_per_param"] == []  # runs from before capacity: no entry

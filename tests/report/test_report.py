@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -179,8 +180,10 @@ def test_sweep_report_aggregates_runs_and_shows_the_laws(tiny_run, tmp_path):
     assert capacity and float(capacity.group(1)) == pytest.approx(30 * (1 / 0.95 - 1) ** (1 / 1.2), rel=0.3)
     assert "Pareto front: reliability vs negative shift" in text
     seen = render(page, tmp_path)
-    assert seen["sections"] == ["summary", "reliability", "shift", "answers", "benchmarks", "forgetting",
+    assert seen["sections"] == ["summary", "reliability", "bits", "shift", "answers", "benchmarks", "forgetting",
                                 "token-shift", "locality", "laws", "configuration"]
+    # every fake run has the tiny run's adapter: one size, so bits/param per adapter but no slope
+    assert "No slope fitted: needs at least 2 finished runs with 2 distinct trainable-parameter values" in text
     assert_images_render(seen, text.count("*Figure: "))
     assert text.count("*Figure: ") >= 12
 
@@ -196,3 +199,17 @@ def test_truthfulqa_gen_points_get_their_own_figure_and_say_their_scale():
     assert len(section.figures) == 2  # shares of questions and 0–100 points not on one axis
     plain = _benchmarks({"benchmarks": {"mmlu": 0.3}, "benchmarks_base": {"mmlu": 0.35}})
     assert "points" not in plain.text and len(plain.figures) == 1
+
+
+def test_sweep_report_shows_bits_per_param_with_its_fitted_slope():
+    from knowpack.laws.bits import bits_per_param
+    from knowpack.report.sweep import _bits
+
+    done = pd.DataFrame({"config.lora.rank": [1, 1, 4, 4], "config.mixture.n_unknown": [100, 300, 100, 300],
+                         "config.model.name": "tiny", "capacity.trainable_params": [1000, 1000, 4000, 4000],
+                         "capacity.bits_stored": [50.0, 40.0, 150.0, 210.0]})
+    section = _bits({"bits_per_param": bits_per_param(done)})
+    # most bits: rank 1 at N=100 (50 of 1,000: 0.05), rank 4 at the largest N (≥ 0.0525); slope Σxy/Σx²
+    assert "| 1 | 1,000 | 50 | 100 | 0.05 | 2 |" in section.text and "| 4 | 4,000 | 210 | 300 | ≥ 0.0525 | 2 |" in section.text
+    assert f"slope {(1000 * 50 + 4000 * 210) / (1000 ** 2 + 4000 ** 2):.3g} bits/param" in section.text
+    assert len(section.figures) == 1 and "0.05–0.4 bits per trainable parameter" in section.text

@@ -19,7 +19,8 @@ def test_grid_product_joined_fields_and_variants():
 
 
 @pytest.mark.parametrize("name, runs", [("reproduce-cpu", 36), ("reproduce-paper", 90), ("regularizers-cpu", 6),
-                                        ("continual-cpu", 5)])
+                                        ("continual-cpu", 7), ("capacity-cpu", 24),
+                                        ("reproduce-rank1-cpu", 12)])
 def test_shipped_sweeps_resolve_by_name(name, runs):
     assert name in shipped_sweeps()
     path = sweep_path(name)
@@ -30,10 +31,24 @@ def test_shipped_sweeps_resolve_by_name(name, runs):
         assert {c.mixture.n_unknown for _, c in points} == {1, 10, 50, 100}
         assert all(c.model.name == "smollm2-135m-instruct" for _, c in points)
         assert all(c.mixture.seed == c.train.seed for _, c in points)
+    if name in ("capacity-cpu", "reproduce-rank1-cpu"):  # the paper's adapter and training
+        assert all((c.lora.alpha, c.lora.dropout, c.lora.use_rslora, c.train.lr, c.train.batch_size, c.train.epochs)
+                   == (2, 0.1, True, 1e-3, 16, 10) for _, c in points)
+        assert all(sorted(c.lora.target_modules) == ["down_proj", "gate_proj", "up_proj"] for _, c in points)
+    if name == "capacity-cpu":  # ranks × N, embedded and synthetic facts with room for the largest N
+        assert {(c.lora.rank, c.mixture.n_unknown) for _, c in points} == {
+            (r, n) for r in (1, 4, 16) for n in (100, 300, 1000, 3000)}
+        assert {c.facts.source for _, c in points} == {"embedded", "synthetic"}
+        assert all(c.facts.max_facts >= c.mixture.n_unknown + c.eval.heldout_facts for _, c in points)
+    if name == "reproduce-rank1-cpu":
+        assert all(c.lora.rank == 1 for _, c in points)
+        assert sorted({(c.mixture.n_unknown, c.mixture.seed) for _, c in points}) == [
+            (500, 42), (500, 1337), (500, 10824), (3000, 42)]
     if name == "continual-cpu":  # 5 rounds of 50 facts; continue and stack with and without 20% replay
         assert all([r.n_unknown for r in c.rounds] == [50] * 5 for _, c in points)
         assert sorted((c.continual.strategy, max(r.replay for r in c.rounds)) for _, c in points) == [
-            ("continue", 0.0), ("continue", 0.2), ("retrain", 0.0), ("stack", 0.0), ("stack", 0.2)]
+            ("continue", 0.0), ("continue", 0.0), ("continue", 0.0), ("continue", 0.2), ("retrain", 0.0),
+            ("stack", 0.0), ("stack", 0.2)]  # continue three times: no regularizer, kl, mask-target
 
 
 @pytest.mark.parametrize("document, message", [
@@ -83,7 +98,8 @@ def test_cli_errors_for_sweeps_are_one_line(run_cli, tmp_path):
         (["sweep", "--config", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "a")],
          "unknown field 'mixture.n_unknwn'; did you mean 'mixture.n_unknown'?"),
         (["sweep", "--config", "reproduce-gpu", "--out", str(tmp_path / "b")],
-         "no shipped sweep config of that name (shipped: continual-cpu, regularizers-cpu, reproduce-cpu, reproduce-paper)"),
+         "no shipped sweep config of that name (shipped: capacity-cpu, continual-cpu, regularizers-cpu, reproduce-cpu, "
+         "reproduce-paper, reproduce-rank1-cpu)"),
         (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "c"), "--workers", "0"],
          "--workers 0: give at least 1"),
         (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "d"), "--executor", "slurm"],

@@ -5,7 +5,8 @@ In:  the run directory (facts, categories before training, the earlier rounds' a
 Out: ``rounds/round-<k>/``: what the round trained (``adapter/`` or ``finetuned/``), for ``stack``
      also ``stacked/`` (rounds 1..k as one adapter on the original base), ``probe.parquet`` and
      ``categories.parquet`` (the model after round k on every fact trained so far and the held-out
-     facts) and ``round.json`` (the round's row of ``metrics.json["rounds"]``). `assemble_final`
+     facts) and ``round.json`` (the round's row of ``metrics.json["rounds"]``, with ``capacity``: the bits
+     in every fact trained so far, `knowpack.evaluate.capacity`). `assemble_final`
      then writes the final state where the train stage of a single run puts it, so the later
      stages (probe after, evaluate, report) run unchanged on it.
 
@@ -28,6 +29,7 @@ from rich.console import Console
 from knowpack.config import RunConfig
 from knowpack.continual.plan import RoundPlan
 from knowpack.continual.stack import stack_adapters
+from knowpack.evaluate.capacity import measure_capacity
 from knowpack.evaluate.knowledge import knowledge_shift, reliability
 from knowpack.facts.schema import Fact
 from knowpack.probe import categorize, probe_facts
@@ -169,6 +171,9 @@ class Rounds:
 
             passages = load_passages(c.eval.forgetting_passages, seed=c.eval.seed, path=c.eval.forgetting_text)
             row["forgetting"] = forgetting(model, tokenizer, passages)
+        # Bits in every fact trained so far, against the original base (the state is one adapter on it).
+        row["capacity"] = measure_capacity(model, tokenizer, self.facts, [f.fact_id for f in so_far],
+                                           self.state_dir(number), row["reliability"])[1]
         return row
 
     def __call__(self, number: int, key: str) -> None:

@@ -2,7 +2,8 @@
 
 In:  a run directory holding the before/after probe tables, the trained fact ids and train stats,
      plus the adapted model (its base is reached with ``disable_adapter()``, no second copy).
-Out: the metrics dict written as ``metrics.json`` (keys in DESIGN.md).
+Out: the metrics dict written as ``metrics.json`` (keys in DESIGN.md), and ``capacity.parquet``
+     (per trained fact: the bits the model holds about it before and after, `knowpack.evaluate.capacity`).
 """
 
 from __future__ import annotations
@@ -87,9 +88,21 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, benc
     metrics["shift_reasons"] = shift_reasons(heldout_rows_before, heldout_rows_after, heldout_before, heldout_after,
                                              facts, trained_ids, exploded)
     metrics["locality"] = locality(heldout_rows_before, heldout_rows_after, facts, trained_ids)
+    metrics["capacity"] = run_capacity(run, adapted_model, tokenizer, facts, metrics["reliability"])
     questions = [f.question for f in facts if f.fact_id not in trained_ids]
     metrics.update(model_change_metrics(adapted_model, tokenizer, config, questions, training_texts(run)))
     return metrics
+
+
+def run_capacity(run: RunDir, adapted_model, tokenizer, facts, reliability_after: float | None) -> dict:
+    """``metrics.json["capacity"]`` (bits stored per trainable parameter); writes the per-fact ``capacity.parquet``."""
+    from knowpack.evaluate.capacity import TABLE, measure_capacity
+
+    trained_dir = next((run / name for name in ("adapter", "finetuned") if (run / name).is_dir()), run / "adapter")
+    table, block = measure_capacity(adapted_model, tokenizer, facts, run.read_json("trained_facts.json"),
+                                    trained_dir, reliability_after)
+    run.write_table(TABLE, table)
+    return block
 
 
 def training_texts(run: RunDir) -> list[str]:

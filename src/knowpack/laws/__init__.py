@@ -9,7 +9,9 @@ Out: ``laws.json`` with, each with 95% confidence intervals and its data points,
      - ``capacity``: per mixture (the varying fields other than N and seeds), reliability(N) =
        top / (1 + (N/n50)^k) and the largest N with fitted reliability ≥ target, with a bootstrap over
        runs (resampled within each N) for its interval, next to the largest tested N whose mean
-       reliability stays ≥ target;
+       reliability stays ≥ target; each entry names its ``rank`` and ``model``;
+     - ``bits_per_param``: bits stored (``capacity.bits_stored``) against trainable parameters per
+       adapter size, with the fitted bits/param slope and its interval (`knowpack.laws.bits`);
      - ``pareto``: configurations (means over seeds) not beaten on both reliability and negative shift,
        and on both reliability and forgetting.
      A fit without enough points says how many it needs instead of failing the others.
@@ -260,7 +262,8 @@ def fit_laws(table: pd.DataFrame, target: float = 0.95, bootstrap: int = 500, se
         raise KnowpackError(f"--target {target}: a reliability between 0 and 1, e.g. 0.95")
     done = table[table["status"] == "done"] if "status" in table.columns else table
     laws: dict[str, Any] = {"target": target, "runs": int(len(table)), "runs_done": int(len(done)),
-                            "forgetting_metric": FORGETTING, "fits": {}, "capacity": [], "pareto": {}}
+                            "forgetting_metric": FORGETTING, "fits": {}, "capacity": [], "bits_per_param": [],
+                            "pareto": {}}
     specs = [("forgetting_vs_loss", "train.final_loss", fit_linear, "fine-tuning loss",
               "vary what the adapter learns, e.g. mixture.n_unknown or train.epochs"),
              ("forgetting_vs_params", "trained_params", fit_shifted_power, "trained-parameter",
@@ -278,7 +281,12 @@ def fit_laws(table: pd.DataFrame, target: float = 0.95, bootstrap: int = 500, se
                          (N_FIELD, "reliability"))
         laws["capacity"].append({"group": _label(group.iloc[0], fields),
                                  "fields": {f.removeprefix("config."): _plain(group.iloc[0][f]) for f in fields},
+                                 **{name: _plain(group.iloc[0][column]) if column in group else None
+                                    for name, column in (("rank", "config.lora.rank"), ("model", "config.model.name"))},
                                  **entry})
+    from knowpack.laws.bits import bits_per_param
+
+    laws["bits_per_param"] = bits_per_param(done)
     means = configurations(done)
     for cost, key in (("shift.negative", "reliability_vs_negative_shift"), (FORGETTING, "reliability_vs_forgetting")):
         if {"reliability", cost} <= set(means.columns):
@@ -287,7 +295,8 @@ def fit_laws(table: pd.DataFrame, target: float = 0.95, bootstrap: int = 500, se
 
 
 def fitted_any(laws: dict[str, Any]) -> bool:
-    return any("error" not in fit for fit in laws["fits"].values()) or any("error" not in c for c in laws["capacity"])
+    return (any("error" not in fit for fit in laws["fits"].values())
+            or any("error" not in c for c in [*laws["capacity"], *laws.get("bits_per_param", [])]))
 
 
 def write_laws(source: str | Path, target: float = 0.95, bootstrap: int = 500, seed: int = 0,
@@ -309,6 +318,7 @@ def write_laws(source: str | Path, target: float = 0.95, bootstrap: int = 500, s
     if not fitted_any(laws):
         reasons = [f"{name}: {fit['error']}" for name, fit in laws["fits"].items()]
         reasons += [f"capacity ({c['group']}): {c['error']}" for c in laws["capacity"]]
+        reasons += [f"bits per parameter ({b['group']}): {b['error']}" for b in laws["bits_per_param"]]
         raise KnowpackError(f"{source}: no law could be fitted from {laws['runs_done']} finished runs; "
                             + "; ".join(reasons))
     target_file = Path(out) if out else (sweep_dir or source.parent) / "laws.json"

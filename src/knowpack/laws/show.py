@@ -47,6 +47,16 @@ def law_rows(laws: dict[str, Any]) -> list[list[str]]:
             note += f"; {entry['warning']}"
         params = "; ".join(f"{key} = {_value(value)}" for key, value in entry["params"].items())
         rows.append([title, f"N* = {entry['capacity']:.4g}{span} facts ({params})", str(entry["n_points"]), note])
+    for entry in laws.get("bits_per_param", []):
+        title = f"bits stored vs trainable parameters ({entry['group']})"
+        adapters = "; ".join(f"rank {a['rank']}: {a['bits_per_param']:.3g} bits/param"
+                             + (" (≥: most bits at the largest N)" if a["at_largest_n"] else "")
+                             for a in entry["adapters"])
+        if "error" in entry:
+            rows.append([title, "not fitted", str(entry["n_points"]), f"{entry['error']}; {adapters}"])
+        else:
+            rows.append([title, f"{entry['formula']}: slope = {_value(entry['params']['slope'])} bits/param",
+                         str(entry["n_points"]), f"R² {entry['r2']:.3f}; {adapters}"])
     for key, front in laws["pareto"].items():
         best = "; ".join(f"{item['config']} ({', '.join(f'{k} {v:.3g}' for k, v in item.items() if k not in ('config', 'runs'))})"
                          for item in front[:5])

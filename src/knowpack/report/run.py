@@ -44,6 +44,15 @@ def summary_rows(metrics: dict) -> list[tuple[str, str]]:
         rows.append(("rounds (strategy)", f"{continual['n_rounds']} ({continual['strategy']})"))
         rows.append(("round 1 facts: after round 1 → after the last",
                      f"{fmt(continual['first_round_after_own'])} → {fmt(continual['first_round_final'])}"))
+    capacity = metrics.get("capacity")
+    if capacity:
+        rows.append(("facts learned (reliability × N)", fmt(capacity.get("facts_learned"))))
+        if capacity.get("bits_stored") is None:
+            rows.append(("bits stored", f"not defined: {capacity.get('bits_undefined')}"))
+        else:
+            rows.append(("bits stored / trainable params = bits/param",
+                         f"{capacity['bits_stored']:.1f} / {capacity['trainable_params']:,} = "
+                         f"{capacity['bits_per_param']:.3g}"))
     if "shift" in metrics:
         rows.append(("positive shift (held-out)", fmt(metrics["shift"]["positive"])))
         rows.append(("negative shift (held-out)", fmt(metrics["shift"]["negative"])))

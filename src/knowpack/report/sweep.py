@@ -2,8 +2,8 @@
 
 In:  the results table (`knowpack.sweep.results`) and the sweep directory (per-run ``metrics.json`` for
      what the table leaves out: reliability by epoch, transitions, answers, shift reasons).
-Out: an intro line and `Section`s: summary (with failed runs), reliability vs N and vs epoch, knowledge
-     shift, answers, exploded answers and shift reasons, benchmark deltas (mean ± sd over seeds),
+Out: an intro line and `Section`s: summary (with failed runs), reliability vs N and vs epoch, capacity in
+     bits per parameter (when the runs have it), knowledge shift, answers, exploded answers and shift reasons, benchmark deltas (mean ± sd over seeds),
      forgetting, token shift, locality (when the runs have it), laws with their data points, configuration.
 """
 
@@ -142,6 +142,44 @@ def _reliability(done: pd.DataFrame, metrics: dict[str, dict], laws: dict) -> Se
     if lines:
         section.figures.append(plots.lines(lines, "epoch", "reliability (first prompt set)",
                                            "Reliability by epoch (mean ± sd over seeds)", ylim=(-0.02, 1.02)))
+    return section
+
+
+ANCHORS = ("Published anchors: about 2 bits per parameter for full training at 1,000 exposures, about 1 at 100 "
+           "(Allen-Zhu & Li 2024, arXiv 2404.05405); direct LoRA measurements 0.05–0.4 bits per trainable parameter.")
+
+
+def _bits(laws: dict) -> Section | None:
+    """Bits stored against trainable parameters (`knowpack.laws.bits`): a table per group and one figure each."""
+    entries = laws.get("bits_per_param") or []
+    if not entries:
+        return None
+    section = Section("bits", "Capacity in bits per parameter",
+                      "Bits stored in the trained facts (after minus before training; Allen-Zhu & Li Def. 4.3, "
+                      "`metrics.json[\"capacity\"]`): for each adapter size the most it stored over the tested N "
+                      "(mean over seeds). ≥ marks an adapter whose most bits came at the largest N tested, so it "
+                      "may hold more. " + ANCHORS)
+    for entry in entries:
+        rows = [[a["rank"], f"{a['trainable_params']:,}", f"{a['bits_stored']:.4g}", f"{a['n_unknown']:g}",
+                 ("≥ " if a["at_largest_n"] else "") + f"{a['bits_per_param']:.3g}", a["runs"]]
+                for a in entry["adapters"]]
+        if "error" in entry:
+            fit = f"No slope fitted: {entry['error']}."
+        else:
+            slope = entry["params"]["slope"]
+            fit = (f"Fitted {entry['formula']}: slope {slope['value']:.3g} bits/param "
+                   f"(95% CI {slope['ci95'][0]:.3g} to {slope['ci95'][1]:.3g}; R² {entry['r2']:.3f}).")
+        section.text += (f"\n\n**{entry['group']}** (model `{entry.get('model')}`). {fit}\n\n"
+                         + md_table(["rank", "trainable params", "most bits stored", "at N", "bits/param", "runs"], rows))
+        if "error" not in entry:
+            x = [a["trainable_params"] for a in entry["adapters"]]
+            y = [a["bits_stored"] for a in entry["adapters"]]
+            xs = np.geomspace(min(x), max(x), 50)
+            section.figures.append(plots.scatter_fit(x, y, "trainable adapter parameters (log scale)",
+                                                     "most bits stored (over N)",
+                                                     f"Bits stored vs trainable parameters ({entry['group']}); "
+                                                     f"dashed: {slope['value']:.3g} bits/param", curve=(xs, slope["value"] * xs),
+                                                     logx=True))
     return section
 
 
@@ -303,7 +341,8 @@ def sweep_sections(table: pd.DataFrame, sweep_dir: Path, target: float = 0.95) -
              "Figures are in report.html.")
     sections = [_summary(table, done, sweep_dir)]
     if len(done):
-        sections += [_reliability(done, metrics, laws), _shift(done, metrics), _answers(metrics, sweep_dir)]
+        sections += [_reliability(done, metrics, laws), *filter(None, [_bits(laws)]), _shift(done, metrics),
+                     _answers(metrics, sweep_dir)]
         optional = [
             _benchmarks(done),
             _per_configuration(done, "forgetting", "Forgetting on held-out text",

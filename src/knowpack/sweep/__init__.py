@@ -1,7 +1,7 @@
 """Sweep stage: a grid of runs in parallel workers, one results table.
 
 In:  a sweep YAML (see `knowpack.sweep.spec`; shipped ones by name: ``reproduce-cpu``, ``reproduce-paper``,
-     ``regularizers-cpu``, ``continual-cpu``),
+     ``regularizers-cpu``, ``continual-cpu``, ``capacity-cpu``, ``reproduce-rank1-cpu``),
      an output directory, an executor (``local`` worker processes or ``ray``) and a number of workers.
 Out: ``<out>/sweep.yaml`` (the spec), ``<out>/shared/<key>/`` (facts, base-model probe and base benchmark
      scores, computed once per distinct facts/probe/model setting), ``<out>/runs/<id>/`` per grid point (a full run directory

@@ -36,13 +36,34 @@ class Batch:
                      None if self.base_hidden is None else self.base_hidden.to(device))
 
 
+def chat_prompt(tokenizer, question: str) -> str:
+    """The training prompt with a chat template: system turn, the question as a user turn, generation prompt."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": f"Question: {question}"}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def answer_request(tokenizer, question: str, answer: str) -> tuple[str, str]:
+    """(context, continuation) texts whose continuation is exactly the answer's tokens of the training format.
+
+    For `knowpack.lm.score.loglikelihood`: the context ends at "Answer:" (its tokens are the training
+    prompt's), the continuation is " " + the answer, without the end-of-turn token (the bits about a
+    fact are in its answer, not in the format around it).
+    """
+    if uses_chat_template(tokenizer):
+        prompt = chat_prompt(tokenizer, question)
+        bos = tokenizer.bos_token
+        # The scoring core puts the tokenizer's leading special ids (BOS, if any) itself: not twice.
+        if bos and prompt.startswith(bos) and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]:
+            prompt = prompt[len(bos):]
+        return prompt + "Answer:", f" {answer}"
+    return f"{SYSTEM_PROMPT}\n\nQuestion: {question}\nAnswer:", f" {answer}"
+
+
 def encode_example(tokenizer, example: TrainExample, loss_on: str = "answer") -> tuple[list[int], list[int]]:
     """(input ids, labels) for one question/answer pair."""
     question = f"Question: {example.question}"
     if uses_chat_template(tokenizer):
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(chat_prompt(tokenizer, example.question), add_special_tokens=False)["input_ids"]
         end = tokenizer.eos_token or ""
         answer_ids = tokenizer(f"Answer: {example.answer}{end}", add_special_tokens=False)["input_ids"]
     else:
