@@ -12,7 +12,6 @@ Out: ``results.parquet``: ``schema_version``, ``run_id``, ``status``, ``error``,
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +51,11 @@ def _cell(value: Any) -> Any:
 
 
 def trained_params(adapter_dir: Path) -> int | None:
-    """Number of trained adapter parameters, from the safetensors header (no tensor is loaded)."""
-    path = adapter_dir / "adapter_model.safetensors"
-    if not path.is_file():
-        return None
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    total = 0
-    for name, entry in header.items():
-        if name != "__metadata__":
-            count = 1
-            for size in entry["shape"]:
-                count *= size
-            total += count
-    return total
+    """Number of trained parameters in a run's saved adapter (or fine-tuned weights), read from the
+    safetensors headers by the capacity measurement's counter; None when the run saved none."""
+    from knowpack.evaluate.capacity import count_trainable_params
+
+    return count_trainable_params(adapter_dir) if adapter_dir.is_dir() else None
 
 
 def write_status(run_dir: Path, **status: Any) -> None:
