@@ -74,3 +74,23 @@ def test_missing_benchmark_data_fails_before_any_work(tmp_path):
     assert_user_error(result, "nowhere.json")
     assert not (tmp_path / "r").exists()
     assert_user_error(knowpack("run", "eval.benchmarks=[mmlu, arc]", cwd=tmp_path), "eval.benchmarks.1")
+
+
+def test_model_mistakes_fail_before_any_work(tiny_model_dir, tmp_path):
+    """Pre-flight: the model resolves, is a causal LM and has the LoRA target modules; nothing is written."""
+    from transformers import DistilBertConfig
+
+    DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64).save_pretrained(tmp_path / "encoder")
+    cases = [
+        (["model.name=nobody/no-such-model"], "model.name: nobody/no-such-model is neither a local folder nor in "
+                                              "the Hugging Face cache and the hub did not give it", "HF_HUB_OFFLINE "
+                                              "is set: download it first (hf download nobody/no-such-model)"),
+        ([f"model.name={tmp_path / 'encoder'}"], "is not a causal language model"),
+        ([f"model.name={tiny_model_dir}", "lora.target_modules=[foo]"],
+         "lora.target_modules: the model has no module 'foo'; its linear layers are: down_proj, gate_proj"),
+    ]
+    for overrides, *messages in cases:
+        result = knowpack("run", "--out", "r", *overrides, cwd=tmp_path)
+        for message in messages:
+            assert_user_error(result, message)
+        assert not (tmp_path / "r").exists()

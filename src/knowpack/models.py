@@ -89,17 +89,46 @@ def embedded_checkpoint() -> Path:
 
 
 def check_model_name(name: str) -> None:
-    """Fail fast, before any work, on a model that cannot be found (no download, no conversion)."""
+    """Fail fast on a model name that cannot be found (no download, no conversion, nothing imported)."""
     if name == EMBEDDED_MODEL:
         embedded_gguf_path()
     elif Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         resolve_model_path(name)
 
 
-def check_model_settings(settings) -> None:
-    """`check_model_name` plus the device and dtype of a `ModelConfig`: every model mistake, before any work."""
+def check_model_settings(settings) -> torch.nn.Module:
+    """Every model mistake of a `ModelConfig`, before any work: the name, the device and dtype, and that the
+    model resolves (its config loads: a local folder, the embedded model, or a hub id that is cached or can
+    be fetched). Returns the model's module tree on the meta device (no weights read or allocated) for the
+    checks that need its layers, such as LoRA's target modules."""
     check_model_name(settings.name)
     resolve_dtype(settings.dtype, resolve_device(settings.device))
+    return model_skeleton(settings.name, trust_remote_code=settings.trust_remote_code)
+
+
+def model_skeleton(name: str, *, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The causal LM ``name`` built from its config on the meta device: every module, no weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if Path(path).is_dir():  # a local folder (or the embedded model): its config.json is unreadable
+            raise KnowpackError(f"model.name: {path}/config.json cannot be read ({reason}); give a Hugging Face "
+                                "model folder") from err
+        fix = ("HF_HUB_OFFLINE is set: download it first (hf download NAME) or unset HF_HUB_OFFLINE"
+               if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+               else "check the network (and hf auth login for a gated model), or give a local folder")
+        raise KnowpackError(f"model.name: {name} is neither a local folder nor in the Hugging Face cache and "
+                            f"the hub did not give it ({reason}); {fix.replace('NAME', name)}") from err
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except ValueError as err:  # e.g. an encoder-only model: no causal-LM class for its config
+        raise KnowpackError(f"model.name: {name} is not a causal language model ({str(err).splitlines()[0]}); "
+                            "give a causal LM (decoder) checkpoint") from err
 
 
 def resolve_model_path(name: str) -> str:

@@ -42,9 +42,9 @@ class Recipe:
                  reuse_from: list[Path] | None = None):
         self.config = config
         # Before the run directory exists: a typo or missing data leaves nothing half-made.
-        check_model_settings(config.model)
+        skeleton = check_model_settings(config.model)
         check_benchmark_data(config.eval)
-        check_train_settings(config.lora, config.train)
+        check_train_settings(config.lora, config.train, skeleton)
         check_rounds(config)
         self.run = RunDir(out)
         self.reuse_from = [RunDir(p) for p in reuse_from or [] if Path(p).is_dir()]

@@ -213,3 +213,33 @@ def test_sweep_report_shows_bits_per_param_with_its_fitted_slope():
     assert "| 1 | 1,000 | 50 | 100 | 0.05 | 2 |" in section.text and "| 4 | 4,000 | 210 | 300 | ≥ 0.0525 | 2 |" in section.text
     assert f"slope {(1000 * 50 + 4000 * 210) / (1000 ** 2 + 4000 ** 2):.3g} bits/param" in section.text
     assert len(section.figures) == 1 and "0.05–0.4 bits per trainable parameter" in section.text
+
+
+def test_continual_sweep_section_shows_what_each_configuration_keeps_of_earlier_rounds():
+    from knowpack.report.sweep import _continual, _labels
+
+    rounds = [{"n_unknown": 50, "replay": 0.0, "fact_ids": []}] + [{"n_unknown": 50, "replay": 0.2, "fact_ids": []}] * 2
+    done = pd.DataFrame({"run_id": ["a", "b", "c"], "config.train.seed": [1, 2, 1],
+                         "config.rounds": [json.dumps(rounds)] * 2 + [json.dumps([{**r, "replay": 0.0} for r in rounds])],
+                         "continual.first_round_final": [0.8, 0.6, 0.4], "continual.backward_transfer": [-0.1, -0.3, -0.5],
+                         "continual.first_round_after_own": [0.9, 0.9, 0.9]})
+    done["configuration"] = _labels(done, ["config.rounds"])
+    assert list(done["configuration"].unique()) == ["rounds=3×50 replay 0.2 from round 2", "rounds=3×50"]
+    retention = {"a": [[0.9], [0.8, 1.0], [0.8, 0.9, 1.0]], "b": [[0.9], [0.7, 1.0], [0.6, 0.9, 1.0]],
+                 "c": [[0.9], [0.6, 1.0], [0.4, 0.8, 1.0]]}
+    section = _continual(done, {run: {"continual": {"retention": matrix}} for run, matrix in retention.items()})
+    assert "| rounds=3×50 replay 0.2 from round 2 | 2 | 0.900 ± 0.000 | 0.700 ± 0.141 | -0.200 ± 0.141 |" in section.text
+    assert "| rounds=3×50 | 1 | 0.900 | 0.400 | -0.500 |" in section.text
+    assert len(section.figures) == 1  # round 1's facts after rounds 1, 2, 3 per configuration
+    assert _continual(done.drop(columns="continual.backward_transfer"), {}) is None  # not a continual sweep
+
+
+def test_figures_with_very_long_configuration_names_render_without_a_warning():
+    from knowpack.report import plots
+
+    # e.g. a list setting's whole JSON as a legend entry: constrained layout must not collapse the axes
+    # (matplotlib warns "axes sizes collapsed to zero", an error under the test suite's warning filters)
+    name = "rounds=" + json.dumps([{"fact_ids": [], "n_unknown": 50, "paraphrases_per_fact": None, "replay": 0.0}] * 5)
+    series = {f"{name}, seed={k}": ([1, 2], [0.1 * k, 0.2], None) for k in range(3)}
+    figure = plots.lines(series, "round", "reliability", "long names")
+    assert figure.png.startswith(b"\x89PNG")

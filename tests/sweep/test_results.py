@@ -62,3 +62,18 @@ def test_an_old_results_table_is_a_clear_error_or_rebuilt_from_the_runs(tmp_path
     (tmp_path / "empty").mkdir()
     with pytest.raises(KnowpackError, match="empty: not a sweep directory"):
         load_results(tmp_path / "empty")
+
+
+def test_a_continual_run_is_placed_at_the_unknown_facts_of_all_its_rounds(tmp_path):
+    """With rounds, mixture.n_unknown only fills in a round's default; the run's N is what all rounds trained."""
+    from knowpack.sweep.results import run_row
+
+    _finished_run(tmp_path, "plain", 7)
+    run = RunDir(tmp_path / "runs" / "rounds")
+    config = RunConfig.model_validate({"mixture": {"n_unknown": 10}, "rounds": [{"n_unknown": 50}, {"n_unknown": 30}]})
+    run.write_json("sweep_task.json", {"point": {}, "config": config.model_dump(mode="json"), "until": "report",
+                                       "reuse_from": []})
+    run.write_json("status.json", {"status": "done", "seconds": 3.0})
+    run.write_json("metrics.json", {"reliability": 0.5, "n_trained_facts": 80})
+    assert run_row(tmp_path, run.path)["config.mixture.n_unknown"] == 80
+    assert run_row(tmp_path, tmp_path / "runs" / "plain")["config.mixture.n_unknown"] == 7

@@ -16,6 +16,7 @@ from knowpack.report.page import Figure
 __all__ = ["bars", "grouped_bars", "heatmap", "lines", "scatter_fit", "stacked_shares"]
 
 SIZE = (7.0, 3.8)
+LEGEND_WIDTH, LEGEND_LINES = 44, 3  # a legend entry's line length and most lines (longer names end in "…")
 
 
 def _figure():
@@ -53,6 +54,16 @@ def _tick(label: object) -> str:
     return _text(label).replace(", ", "\n")
 
 
+def _legend(axes) -> None:
+    """The legend with each entry wrapped and cut to a few lines: an entry as long as a whole configuration
+    would otherwise leave constrained layout no room for the plot."""
+    import textwrap
+
+    handles, labels = axes.get_legend_handles_labels()
+    wrapped = [textwrap.fill(label, LEGEND_WIDTH, max_lines=LEGEND_LINES, placeholder=" …") for label in labels]
+    axes.legend(handles, wrapped, fontsize=8)
+
+
 def _png(figure, caption: str) -> Figure:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -81,7 +92,7 @@ def lines(series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[flo
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
     if len(series) + len(curves or {}) > 1:
-        axes.legend(fontsize=8)
+        _legend(axes)
     return _png(figure, caption)
 
 
@@ -118,7 +129,7 @@ def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], ylab
     axes.set_ylabel(ylabel)
     axes.axhline(0, color="black", linewidth=0.8)
     axes.grid(alpha=0.3, axis="y")
-    axes.legend(fontsize=8)
+    _legend(axes)
     return _png(figure, caption)
 
 
@@ -132,7 +143,7 @@ def stacked_shares(groups: Sequence[str], shares: dict[str, Sequence[float]], yl
     axes.set_ylabel(ylabel)
     axes.set_ylim(0, 1)
     axes.set_xticks(positions, [_tick(g) for g in groups], fontsize=7 if len(groups) > 4 else 8)
-    axes.legend(fontsize=8)
+    _legend(axes)
     return _png(figure, caption)
 
 
@@ -177,5 +188,5 @@ def scatter_fit(x: Sequence[float], y: Sequence[float], xlabel: str, ylabel: str
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    _legend(axes)
     return _png(figure, caption)

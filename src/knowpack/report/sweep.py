@@ -2,7 +2,7 @@
 
 In:  the results table (`knowpack.sweep.results`) and the sweep directory (per-run ``metrics.json`` for
      what the table leaves out: reliability by epoch, transitions, answers, shift reasons).
-Out: an intro line and `Section`s: summary (with failed runs), reliability vs N and vs epoch, capacity in
+Out: an intro line and `Section`s: summary (with failed runs), continual packing (when the runs have rounds), reliability vs N and vs epoch, capacity in
      bits per parameter (when the runs have it), knowledge shift, answers, exploded answers and shift reasons, benchmark deltas (mean ± sd over seeds),
      forgetting, token shift, locality (when the runs have it), laws with their data points, configuration.
 """
@@ -39,7 +39,27 @@ def _labels(table: pd.DataFrame, fields: list[str]) -> pd.Series:
         return pd.Series(["all runs"] * len(table), index=table.index)
     last = [f.rsplit(".", 1)[-1] for f in fields]
     names = [short if last.count(short) == 1 else f.removeprefix("config.") for f, short in zip(fields, last)]
-    return table.apply(lambda r: ", ".join(f"{name}={r[f]}" for name, f in zip(names, fields)), axis=1)
+    return table.apply(lambda r: ", ".join(f"{name}={_value_label(f, r[f])}" for name, f in zip(names, fields)), axis=1)
+
+
+def _value_label(field: str, value: Any) -> str:
+    """A cell as a label; a ``rounds`` list (JSON text) as ``5×50`` or ``50+100``, with its replay shares."""
+    if field != "config.rounds" or not isinstance(value, str):
+        return str(value)
+    try:
+        rounds = json.loads(value)
+    except json.JSONDecodeError:
+        return value
+    if not rounds:
+        return "none"
+    sizes = [str(r.get("n_unknown") or len(r.get("fact_ids") or []) or "N") for r in rounds]
+    text = f"{len(sizes)}×{sizes[0]}" if len(set(sizes)) == 1 else "+".join(sizes)
+    replays = [float(r.get("replay") or 0.0) for r in rounds]
+    if any(replays):
+        first = next(i for i, share in enumerate(replays) if share) + 1
+        shares = sorted({share for share in replays if share})
+        text += f" replay {'/'.join(f'{share:g}' for share in shares)} from round {first}"
+    return text
 
 
 def _mean_sd(frame: pd.DataFrame, by: str, metric: str) -> pd.DataFrame:
@@ -288,6 +308,38 @@ def _per_configuration(done: pd.DataFrame, key: str, title: str, metrics: list[t
     return Section(key, title, intro + "\n\n" + md_table(["configuration", *(n for _, n in metrics)], rows))
 
 
+CONTINUAL_COLUMNS = [("continual.first_round_after_own", "round 1 after its round"),
+                     ("continual.first_round_final", "round 1 at the end"),
+                     ("continual.earlier_rounds_final", "earlier rounds at the end"),
+                     ("continual.last_round_final", "last round at the end"),
+                     ("continual.backward_transfer", "backward transfer"), (FORGETTING, "forgetting (CE vs base)")]
+
+
+def _continual(done: pd.DataFrame, metrics: dict[str, dict]) -> Section | None:
+    """Sweeps of continual runs: how each configuration keeps earlier rounds (reliability on each round's facts
+    at the end, backward transfer) and the fading of round 1's facts round after round, as a figure."""
+    if "continual.backward_transfer" not in done or not done["continual.backward_transfer"].notna().any():
+        return None
+    columns = [(m, name) for m, name in CONTINUAL_COLUMNS if m in done]
+    rows, fading = [], {}
+    for label in done["configuration"].unique():
+        group = done[done["configuration"] == label]
+        rows.append([label, len(group), *(_mean_pm(group[m]) for m, _ in columns)])
+        curves = [[row[0] for row in metrics[run_id]["continual"]["retention"]]
+                  for run_id in group["run_id"] if metrics.get(run_id, {}).get("continual")]
+        if curves and len({len(c) for c in curves}) == 1:
+            stacked = np.array(curves, dtype=float)
+            fading[label] = (list(range(1, stacked.shape[1] + 1)), list(stacked.mean(0)), list(stacked.std(0)))
+    text = ("Reliability on each round's facts, probed after the last round (mean ± sd over seeds); backward "
+            "transfer is the mean change, over the earlier rounds, from just after their own round to the end "
+            "(negative: earlier rounds fade).\n\n" + md_table(["configuration", "runs", *(n for _, n in columns)], rows))
+    section = Section("continual", "Continual packing", text)
+    if fading and len(fading) <= MAX_LINES:
+        section.figures.append(plots.lines(fading, "after round", "reliability on round 1's facts",
+                                           "Round 1's facts after each round (mean ± sd over seeds)", ylim=(0, 1.05)))
+    return section
+
+
 def _laws(laws: dict) -> Section:
     section = Section("laws", "Fitted laws", md_table(["law", "fit (95% CI)", "points", "note"], law_rows(laws)))
     for key, front in laws.get("pareto", {}).items():
@@ -341,7 +393,8 @@ def sweep_sections(table: pd.DataFrame, sweep_dir: Path, target: float = 0.95) -
              "Figures are in report.html.")
     sections = [_summary(table, done, sweep_dir)]
     if len(done):
-        sections += [_reliability(done, metrics, laws), *filter(None, [_bits(laws)]), _shift(done, metrics),
+        sections += [*filter(None, [_continual(done, metrics)]), _reliability(done, metrics, laws),
+                     *filter(None, [_bits(laws)]), _shift(done, metrics),
                      _answers(metrics, sweep_dir)]
         optional = [
             _benchmarks(done),

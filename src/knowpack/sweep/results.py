@@ -83,6 +83,10 @@ def run_row(sweep_dir: Path, run_dir: Path) -> dict[str, Any]:
     if row["status"] == "done" and metrics_file.is_file():
         row.update(flatten_metrics(RunDir(run_dir).read_json("metrics.json")))
         row["trained_params"] = trained_params(run_dir / "adapter")
+        if task["config"].get("rounds") and "n_trained_facts" in row:
+            # With rounds, mixture.n_unknown only fills in a round's default: the run's N, against which the
+            # laws and the report put it, is the Unknown facts of all its rounds together.
+            row["config.mixture.n_unknown"] = row["n_trained_facts"]
     return row
 
 
