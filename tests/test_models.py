@@ -80,3 +80,16 @@ def test_an_adapter_for_another_base_model_is_refused(tiny_model, smollm2_tokeni
     wider = type(tiny_model)(tiny_model.config.__class__(**{**tiny_model.config.to_dict(), "intermediate_size": 96}))
     with pytest.raises(KnowpackError, match=r"down_proj has size 96, the adapter expects 128"):
         load_adapter(wider, adapter)
+
+
+def test_pre_flight_reads_the_embedded_model_from_its_gguf_header_without_converting_it(tmp_path, monkeypatch):
+    """Before the first conversion, the run's pre-flight builds the skeleton from the GGUF header: a config
+    mistake found after it is not preceded by a minute of de-quantizing."""
+    from knowpack.config import ModelConfig
+    from knowpack.models import check_model_settings
+
+    monkeypatch.setenv("KNOWPACK_CACHE", str(tmp_path / "cache"))
+    skeleton = check_model_settings(ModelConfig())
+    assert type(skeleton).__name__ == "LlamaForCausalLM" and skeleton.config.num_hidden_layers == 30
+    assert next(skeleton.parameters()).device.type == "meta"
+    assert not (tmp_path / "cache").exists()  # nothing converted, nothing written

@@ -61,10 +61,15 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def _embedded_converted() -> Path | None:
+    target = cache_dir() / "models" / EMBEDDED_MODEL
+    return target if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file() else None
+
+
 def embedded_checkpoint() -> Path:
     """The embedded model as a safetensors checkpoint, converted from GGUF on first use."""
     target = cache_dir() / "models" / EMBEDDED_MODEL
-    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+    if _embedded_converted():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -110,6 +115,11 @@ def model_skeleton(name: str, *, trust_remote_code: bool = False) -> torch.nn.Mo
     """The causal LM ``name`` built from its config on the meta device: every module, no weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if name == EMBEDDED_MODEL and not _embedded_converted():  # its config from the GGUF header: no conversion yet
+        gguf = embedded_gguf_path()
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
     path = resolve_model_path(name)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -30,8 +30,8 @@ from knowpack.models import check_model_settings, load_configured_model
 from knowpack.probe import categorize, probe_facts
 from knowpack.report import write_report
 from knowpack.rundir import RunDir, atomic_dir, fingerprint
-from knowpack.train import (Checkpoints, build_mixture, check_train_settings, export_merged, save_trained,
-                            train_adapter, trainable_model, trained_dir_name)
+from knowpack.train import (Checkpoints, build_mixture, check_target_modules, check_train_settings, export_merged,
+                            save_trained, train_adapter, trainable_model, trained_dir_name)
 from knowpack.train.stage import base_is_modified
 
 
@@ -42,10 +42,11 @@ class Recipe:
                  reuse_from: list[Path] | None = None):
         self.config = config
         # Before the run directory exists: a typo or missing data leaves nothing half-made.
-        skeleton = check_model_settings(config.model)
-        check_benchmark_data(config.eval)
-        check_train_settings(config.lora, config.train, skeleton)
+        check_train_settings(config.lora, config.train)
         check_rounds(config)
+        check_benchmark_data(config.eval)
+        # Last: it reads the model's config (a hub id's from the cache or the hub) and builds its skeleton.
+        check_target_modules(config.lora, config.train, check_model_settings(config.model))
         self.run = RunDir(out)
         self.reuse_from = [RunDir(p) for p in reuse_from or [] if Path(p).is_dir()]
         self.console = console or Console(stderr=True)

@@ -18,11 +18,14 @@ from knowpack.train.lora import MUTATES_BASE, add_lora, resolve_target_modules, 
 from knowpack.train.tracking import check_tracker_installed
 
 
-def check_train_settings(lora: LoraSettings, train: TrainConfig, model=None) -> None:
-    """Combinations that cannot work, refused before any work with the field to change; with ``model`` (its
-    meta-device skeleton is enough) also LoRA target modules the model does not have."""
-    if model is not None and train.method == "lora":
+def check_target_modules(lora: LoraSettings, train: TrainConfig, model) -> None:
+    """LoRA target modules ``model`` does not have (its meta-device skeleton is enough), refused before any work."""
+    if train.method == "lora":
         resolve_target_modules(lora.target_modules, model)
+
+
+def check_train_settings(lora: LoraSettings, train: TrainConfig) -> None:
+    """Combinations that cannot work, refused before any work with the field to change."""
     regularized = train.regularizer != "none" and train.reg_lambda > 0
     if train.method == "lora" and lora.init in MUTATES_BASE and regularized:
         raise KnowpackError(f"train.regularizer={train.regularizer} with lora.init={lora.init}: {lora.init} moves part "
