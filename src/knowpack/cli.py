@@ -163,7 +163,10 @@ def probe(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt =
     from knowpack.rundir import RunDir
 
     if data is not None:
-        run_dir = _audit(data, preset, config, out, overrides, quiet)
+        from knowpack.probe.audit import run_audit
+
+        run_dir = run_audit(_resolve(preset, config, overrides), data, out or Path("runs") / f"audit-{data.stem}",
+                            progress=not quiet, console=console)
         counts = RunDir(run_dir).read_table("audit_categories.parquet")["category"].value_counts()
     else:
         run_dir = _run_until("probe_before", preset, config, out, overrides, quiet)
@@ -172,30 +175,6 @@ def probe(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt =
     for category, count in counts.items():
         console.print(f"  {category}: {count} ({count / total:.1%})")
     typer.echo(str(run_dir))
-
-
-def _audit(data: Path, preset, config_file, out, overrides, quiet) -> Path:
-    from knowpack.models import check_model_settings, load_configured_model
-    from knowpack.probe import categorize, probe_facts
-    from knowpack.probe.audit import read_qa_dataset
-    import pandas as pd
-
-    from knowpack.config import config_to_yaml
-    from knowpack.rundir import RunDir
-
-    config = _resolve(preset, config_file, overrides)
-    facts = read_qa_dataset(data)
-    check_model_settings(config.model)
-    run = RunDir(out or Path("runs") / f"audit-{data.stem}")
-    run.write_text("config.yaml", config_to_yaml(config))
-    model, tokenizer = load_configured_model(config.model)
-    rows = probe_facts(model, tokenizer, facts, config.probe, progress=not quiet, description=f"auditing {data.name}")
-    categories = categorize(rows).merge(
-        pd.DataFrame({"fact_id": [f.fact_id for f in facts], "question": [f.question for f in facts],
-                      "answer": [f.answer for f in facts]}), on="fact_id")
-    run.write_table("audit_probe.parquet", rows)
-    run.write_table("audit_categories.parquet", categories)
-    return run.path
 
 
 @app.command()
@@ -237,23 +216,9 @@ def token_shift_command(
     """Token distribution shift (URIAL): rank of each tuned-model token under the base model."""
     import json
 
-    from knowpack.evaluate.token_shift import token_shift
-    from knowpack.models import check_model_settings, load_configured_model
-    from knowpack.train.lora import check_adapter_files, load_adapter
+    from knowpack.evaluate.stage import adapter_shift
 
-    settings = _resolve(preset, config, overrides)
-    check_adapter_files(adapter)
-    check_model_settings(settings.model)
-    if prompts is not None:
-        if not prompts.is_file():
-            raise KnowpackError(f"--prompts {prompts}: no such file; give a text file, one prompt per line")
-        questions = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        from knowpack.facts import build_facts
-
-        questions = [f.question for f in build_facts(settings.facts)][:settings.eval.token_shift_prompts or 16]
-    model, tokenizer = load_configured_model(settings.model)
-    result = token_shift(load_adapter(model, adapter), tokenizer, questions, max_new_tokens=max_new_tokens)
+    result = adapter_shift(_resolve(preset, config, overrides), adapter, prompts, max_new_tokens)
     table = Table(title=f"token shift of {adapter} over {result['tokens']} generated tokens", show_header=False)
     for key in ("unshifted", "marginal", "shifted", "mean_kl", "mean_base_prob"):
         table.add_row(key, f"{result[key]:.4f}")

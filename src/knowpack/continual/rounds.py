@@ -18,7 +18,6 @@ facts so far.
 
 from __future__ import annotations
 
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,12 @@ from knowpack.continual.plan import RoundPlan
 from knowpack.continual.stack import stack_adapters
 from knowpack.evaluate.capacity import measure_capacity
 from knowpack.evaluate.knowledge import knowledge_shift, reliability
+from knowpack.facts.sampling import heldout_facts
 from knowpack.facts.schema import Fact
 from knowpack.probe import categorize, probe_facts
 from knowpack.rundir import RunDir, atomic_dir
 from knowpack.train import Checkpoints, export_merged, load_adapter, save_trained, train_adapter, trainable_model
-from knowpack.train.stage import trained_dir_name
+from knowpack.train.stage import epoch_reliability, trained_dir_name
 
 ROUNDS = "rounds.json"
 STAT_KEYS = ("steps", "tokens", "seconds", "tokens_per_s", "peak_memory_mb", "final_loss")
@@ -72,13 +72,9 @@ class Rounds:
                 f"{folder}/round.json"]
 
     def heldout(self) -> list[Fact]:
-        """Facts no round trains on, sampled as the single-run pipeline samples them (`Recipe.heldout_and_trained`)."""
+        """Facts no round trains on, sampled as a single run samples them."""
         in_train = {e.fact_id for plan in self.plans for e in plan.examples}
-        heldout = [f for f in self.facts if f.fact_id not in in_train]
-        limit = self.config.eval.heldout_facts
-        if limit is not None and limit < len(heldout):
-            heldout = random.Random(self.config.eval.seed).sample(heldout, limit)
-        return heldout
+        return heldout_facts(self.facts, in_train, self.config.eval.heldout_facts, self.config.eval.seed)
 
     # -- one round ---------------------------------------------------------------------------------
     def train_config(self, number: int):
@@ -104,20 +100,12 @@ class Rounds:
         model, tokenizer = self.trainable(number)
         by_id = {f.fact_id: f for f in self.facts}
         trained = [by_id[i] for i in plan.trained_ids]
-
-        def epoch_reliability(epoch: int, model) -> float | None:
-            if not c.train.eval_every_epoch:
-                return None
-            # As in the single run: one prompt set, on the causal LM under the adapter (no merge round-off).
-            rows = probe_facts(model.get_base_model(), tokenizer, trained,
-                               c.probe.model_copy(update={"num_prompts": 1}), progress=False)
-            return float(rows["correct"].mean())
-
         folder = self.run / round_dir(number)
         checkpoints = Checkpoints(folder / "checkpoints", key)
         if (latest := checkpoints.latest()) is not None:
             self.console.print(f"  round {number}: resuming from the checkpoint after epoch {latest[0]}")
-        stats = train_adapter(model, tokenizer, plan.examples, self.train_config(number), on_epoch_end=epoch_reliability,
+        stats = train_adapter(model, tokenizer, plan.examples, self.train_config(number),
+                              on_epoch_end=epoch_reliability(tokenizer, trained, c),
                               progress=self.progress, checkpoints=checkpoints, log_dir=folder / c.train.report_to)
         save_trained(model, folder / self.trained_name, tokenizer)
         del model

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from typing import Iterable, Protocol, TypeVar
+from typing import Collection, Iterable, Protocol, TypeVar
 
 from knowpack.errors import KnowpackError
 
@@ -80,3 +80,15 @@ def _round_robin(groups: list[list[T]], limit: int, per_relation: int | None) ->
     return taken
 
 
+
+
+def heldout_facts(facts: Iterable[T], in_train: Collection[str], limit: int | None, seed: int) -> list[T]:
+    """The facts a run never trained on, sampled down to ``limit`` (``eval.heldout_facts``) with ``seed``.
+
+    A single run (its probe after training) and a run in rounds (after each round) sample them here, so
+    both compare the same held-out facts.
+    """
+    heldout = [f for f in facts if f.fact_id not in in_train]
+    if limit is not None and limit < len(heldout):
+        heldout = random.Random(seed).sample(heldout, limit)
+    return heldout

@@ -5,9 +5,10 @@ In:  a JSONL file of QA pairs (one per line) in any of these shapes:
        {"messages": [{"role": "user", …}, {"role": "assistant", …}]}   (last user/assistant pair)
        {"prompt": …, "completion": …}  or  {"instruction": …, "output": …}
      a model and a `ProbeConfig`.
-Out: `Fact`s to probe; the CLI (``knowpack probe --data FILE``) writes probe rows and categories per
-     pair (``audit_probe.parquet``, ``audit_categories.parquet``) and prints each category's share:
-     how much of a fine-tuning set is new to the model.
+Out: `Fact`s to probe (`read_qa_dataset`); `run_audit` (``knowpack probe --data FILE``) probes them in
+     a run directory as the probe stage would and writes probe rows and categories per pair
+     (``audit_probe.parquet``, ``audit_categories.parquet``, with question and answer): how much of a
+     fine-tuning set is new to the model.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pandas as pd
+from rich.console import Console
+
+from knowpack.config import RunConfig, config_to_yaml
 from knowpack.errors import KnowpackError
 from knowpack.jsonio import read_json_lines
 from knowpack.facts.schema import Fact
 from knowpack.probe.judge import clean_answer
+from knowpack.rundir import RunDir, fingerprint
 
 _FIELD_PAIRS = (("question", "answer"), ("prompt", "completion"), ("instruction", "output"))
 
@@ -69,3 +75,36 @@ def read_qa_dataset(path: str | Path) -> list[Fact]:
         raise KnowpackError(f"{path}: no question/answer pairs in the file")
     return facts
 
+
+
+def run_audit(config: RunConfig, data: str | Path, out: str | Path, *, progress: bool = True,
+              console: Console | None = None) -> Path:
+    """Label every QA pair of ``data`` with its knowledge category under ``config.model``; returns ``out``.
+
+    One stage (``audit``), keyed by the model, the probe settings and the file's content stamp, so the
+    same command again reuses it and a changed file or setting probes again.
+    """
+    from knowpack.context import RunContext
+    from knowpack.models import check_model_settings
+    from knowpack.probe import categorize, probe_facts
+
+    data = Path(data)
+    facts = read_qa_dataset(data)  # bad lines fail here, before the model loads
+    check_model_settings(config.model)
+    ctx = RunContext(config, RunDir(out), console or Console(stderr=True), progress)
+    stamp = [str(data.resolve()), data.stat().st_size, data.stat().st_mtime_ns]
+    key = fingerprint("audit", stamp, config.model.model_dump(), config.probe.model_dump())
+
+    def compute():
+        rows = probe_facts(ctx.model, ctx.tokenizer, facts, config.probe, progress=progress,
+                           description=f"auditing {data.name}")
+        categories = categorize(rows).merge(
+            pd.DataFrame({"fact_id": [f.fact_id for f in facts], "question": [f.question for f in facts],
+                          "answer": [f.answer for f in facts]}), on="fact_id")
+        ctx.run.write_table("audit_probe.parquet", rows)
+        ctx.run.write_table("audit_categories.parquet", categories)
+
+    with ctx.run.lock():
+        ctx.run.write_text("config.yaml", config_to_yaml(config))
+        ctx.step("audit", key, ["audit_probe.parquet", "audit_categories.parquet"], compute)
+    return ctx.run.path

@@ -1,21 +1,83 @@
-"""Setup and teardown of the train stage: settings checked before any work, the model made
-trainable for the configured method, what was trained saved.
+"""The train stage of a run (`run`), and its setup and teardown: settings checked before any work, the
+model made trainable for the configured method, what was trained saved.
 
-In:  `LoraSettings`, `TrainConfig`, a base model.
-Out: a `PeftModel` (train.method=lora) or `FullFinetune` (train.method=full); on disk ``adapter/``
-     (PEFT format) or ``finetuned/`` (a safetensors model folder with its tokenizer).
+In:  ``facts.jsonl``, ``categories_before.parquet``, the base model, `LoraSettings`, `TrainConfig`.
+Out: ``train_set.jsonl`` (the mixture), ``trained_facts.json`` (the Unknown facts packed in),
+     ``adapter/`` (PEFT format, train.method=lora) or ``finetuned/`` (a safetensors model folder with its
+     tokenizer, train.method=full), ``train_stats.json``, and ``merged/`` with ``train.export_merged``.
+     Checkpoints after each epoch (``checkpoints/``) let a killed run resume; they go once the stage is done.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Sequence
 
-from knowpack.config import LoraSettings, TrainConfig
+from knowpack.config import LoraSettings, RunConfig, TrainConfig
+from knowpack.context import RunContext
 from knowpack.errors import KnowpackError
-from knowpack.rundir import atomic_dir
+from knowpack.facts.schema import Fact
+from knowpack.rundir import atomic_dir, fingerprint
+from knowpack.train.checkpoint import Checkpoints
 from knowpack.train.full import FullFinetune
-from knowpack.train.lora import MUTATES_BASE, add_lora, resolve_target_modules, save_adapter
+from knowpack.train.lora import MUTATES_BASE, add_lora, export_merged, resolve_target_modules, save_adapter
+from knowpack.train.loop import train_adapter
+from knowpack.train.mixture import build_mixture
 from knowpack.train.tracking import check_tracker_installed
+
+
+def run(ctx: RunContext, upstream: str) -> str:
+    c = ctx.config
+    key = fingerprint("train", upstream, c.mixture.model_dump(), c.lora.model_dump(), c.train.model_dump())
+    trained_dir = trained_dir_name(c.train)
+    checkpoints = Checkpoints(ctx.run / "checkpoints", key)
+
+    def compute():
+        examples, unknown_ids = build_mixture(ctx.facts(), ctx.run.read_table("categories_before.parquet"), c.mixture)
+        ctx.run.write_text("train_set.jsonl", "".join(e.model_dump_json() + "\n" for e in examples))
+        ctx.run.write_json("trained_facts.json", unknown_ids)
+        model = trainable_model(ctx.model, c.lora, c.train)
+        ctx.use_model(model)
+        trained = [f for f in ctx.facts() if f.fact_id in set(unknown_ids)]
+        if (latest := checkpoints.latest()) is not None:
+            ctx.console.print(f"  resuming from the checkpoint after epoch {latest[0]}")
+        stats = train_adapter(model, ctx.tokenizer, examples, c.train,
+                              on_epoch_end=epoch_reliability(ctx.tokenizer, trained, c),
+                              progress=ctx.progress, checkpoints=checkpoints, log_dir=ctx.run / c.train.report_to)
+        save_trained(model, ctx.run / trained_dir, ctx.tokenizer)
+        if base_is_modified(c.lora, c.train) or c.train.export_merged:
+            ctx.forget_model()  # probe, evaluate and merge into the original base, loaded again
+        if c.train.export_merged:
+            with atomic_dir(ctx.run / "merged") as staging:
+                export_merged(ctx.model, ctx.run / trained_dir, staging, ctx.tokenizer)
+            ctx.forget_model()  # merging consumed it
+        ctx.run.write_json("train_stats.json", {**asdict(stats), "reliability_by_epoch": stats.epoch_scores})
+
+    outputs = ["train_set.jsonl", "trained_facts.json", trained_dir, "train_stats.json"]
+    ctx.step("train", key, outputs + (["merged"] if c.train.export_merged else []), compute)
+    if not c.train.keep_checkpoints:
+        checkpoints.remove()  # only now: a kill before the stage is marked done still finds them
+    return key
+
+
+def epoch_reliability(tokenizer, trained: Sequence[Fact], config: RunConfig) -> Callable[[int, object], float | None]:
+    """The ``on_epoch_end`` of `train_adapter`: the trained facts' reliability after each epoch, when
+    ``train.eval_every_epoch`` asks for it (None otherwise)."""
+    from knowpack.probe import probe_facts
+
+    one_prompt_set = config.probe.model_copy(update={"num_prompts": 1})
+
+    def after_epoch(epoch: int, model) -> float | None:
+        if not config.train.eval_every_epoch:
+            return None
+        # One prompt set per epoch keeps the curve cheap; the final reliability uses all of them.
+        # Probe the causal LM under the adapter: probing a PeftModel merges the adapter into the base
+        # weights and back, and that float round-off would make training depend on this evaluation.
+        rows = probe_facts(model.get_base_model(), tokenizer, trained, one_prompt_set, progress=False)
+        return float(rows["correct"].mean())
+
+    return after_epoch
 
 
 def check_target_modules(lora: LoraSettings, train: TrainConfig, model) -> None:
