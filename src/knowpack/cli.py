@@ -103,6 +103,7 @@ def facts(
     from pydantic import ValidationError
 
     from knowpack.config import FactsConfig
+    from knowpack.errors import first_problem
     from knowpack.facts import build_facts, facts_to_jsonl
     from knowpack.rundir import atomic_path
 
@@ -124,7 +125,7 @@ def facts(
             paraphrase_model=paraphrase_model, seed=seed,
             sparql={"endpoint": endpoint, "limit": limit, "page_size": page_size, "timeout": timeout, "retries": retries})
     except ValidationError as err:
-        first = err.errors()[0]
+        _, first = first_problem(err)
         option = FACTS_OPTIONS.get(str(first["loc"][0]), f"--{first['loc'][0]}")
         raise KnowpackError(f"facts {option}: {first['msg']} (got {first.get('input')!r})") from err
     built = build_facts(settings, progress=not quiet)

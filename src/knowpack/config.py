@@ -9,7 +9,6 @@ key's dotted name and the nearest valid one; values are checked against the fiel
 
 from __future__ import annotations
 
-import difflib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -17,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from knowpack.errors import KnowpackError
+from knowpack.errors import KnowpackError, did_you_mean, first_problem, validation_line
 
 
 class _Strict(BaseModel):
@@ -191,8 +190,7 @@ PRESETS = ("smoke", "default", "paper")
 
 def preset_dict(name: str) -> dict[str, Any]:
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, PRESETS, "")
         raise KnowpackError(f"unknown preset {name!r}{hint} (choose from {', '.join(PRESETS)})")
     text = resources.files("knowpack.presets").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text) or {}
@@ -268,15 +266,13 @@ def parse_override(text: str) -> dict[str, Any]:
 
 
 def _explain(err: ValidationError, origin: str) -> KnowpackError:
-    first = err.errors()[0]
-    dotted = ".".join(str(p) for p in first["loc"])
+    dotted, first = first_problem(err)
     if first["type"] == "extra_forbidden":
         _, valid = _field_names(RunConfig, dotted)
-        close = difflib.get_close_matches(dotted.split(".")[-1], valid, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+        hint = did_you_mean(dotted.split(".")[-1], valid, f"; valid keys: {', '.join(valid)}")
         return KnowpackError(f"{origin}: unknown key {dotted!r}{hint}")
     # reprlib bounds the quoted value: YAML aliases can make a small file expand to gigabytes.
-    return KnowpackError(f"{origin}: {dotted}: {first['msg']} (got {_short_repr(first.get('input'))})")
+    return KnowpackError(validation_line(err, origin, got=_short_repr))
 
 
 def _short_repr(value: Any) -> str:

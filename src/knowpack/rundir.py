@@ -7,6 +7,7 @@ unchanged and whose artifacts are all present and match their recorded SHA-256 c
 redone; an artifact that was damaged since (truncated, edited, half-copied) is detected, reported
 with a warning, and its stage recomputed. `RunDir.lock` keeps two processes out of one directory,
 and a full disk while writing is one clear error that leaves the finished artifacts intact.
+`try_lock` is the file lock under it, also held by a sweep worker on its run.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import pandas as pd
 
@@ -33,6 +34,23 @@ def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-serialisable parts (configs, upstream fingerprints)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def try_lock(path: Path) -> IO[str] | None:
+    """``path`` opened (created if missing) with an exclusive lock held on it; None if another process holds it.
+
+    The lock lasts as long as the handle stays open. Closing it releases the lock, and so does the
+    process ending however it ends (killed included), so no stale lock outlives its holder.
+    """
+    import fcntl
+
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 @contextmanager
@@ -116,16 +134,11 @@ class RunDir:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run directory for this process; a second process gets a clear error at once."""
-        import fcntl
-
-        handle = open(self.path / LOCK, "a+")
+        handle = try_lock(self.path / LOCK)
+        if handle is None:
+            owner = (self.path / LOCK).read_text().strip() or "another process"  # the holder wrote its pid there
+            raise KnowpackError(f"{self.path}: in use by {owner}; wait for it to finish or choose another --out")
         try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                owner = handle.read().strip() or "another process"
-                raise KnowpackError(f"{self.path}: in use by {owner}; wait for it to finish or choose another --out")
             handle.seek(0)
             handle.truncate()
             handle.write(f"knowpack pid {os.getpid()}")

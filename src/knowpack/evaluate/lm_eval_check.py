@@ -24,6 +24,7 @@ import yaml
 
 from knowpack.errors import KnowpackError
 from knowpack.evaluate.truthfulqa_gen import METRICS
+from knowpack.lm import eval_mode
 
 __all__ = ["LmEvalResult", "lm_eval_scores"]
 
@@ -123,13 +124,10 @@ def lm_eval_scores(model, tokenizer, *, mmlu_docs: Sequence[dict] = (), truthful
         generation = [_truthfulqa_gen_task(truthfulqa_gen_docs, folder, tasks_dir)] if truthfulqa_gen_docs else []
         if not mmlu and not truthfulqa and not generation:
             raise KnowpackError("lm_eval_scores: give mmlu_docs, truthfulqa_docs or truthfulqa_gen_docs")
-        was_training = model.training
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        try:
+        with eval_mode(model):  # HFLM switches the model to eval itself; the mode is given back here
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             out = simple_evaluate(model=lm, tasks=[*mmlu, *truthfulqa, *generation], task_manager=TaskManager(include_path=tmp, include_defaults=False),
                                   log_samples=True, bootstrap_iters=0, verbosity="ERROR")
-        finally:
-            model.train(was_training)
     samples = out["samples"]
 
     def per_doc(task: str) -> tuple[list[float], list[list[float]]]:

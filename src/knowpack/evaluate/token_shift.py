@@ -37,9 +37,11 @@ from pathlib import Path
 import torch
 
 from knowpack.errors import KnowpackError, warn
+from knowpack.lm import eval_mode
 from knowpack.lm.cache import extend, left_padded
 from knowpack.lm.decode import DecodeSettings, generate_with_prefix
 from knowpack.lm.kl import kl_rows
+from knowpack.probe.prompts import format_prompt
 
 STYLE_TOKENS_FILE = Path(__file__).resolve().parent / "data" / "style_tokens.txt"
 KL_PERCENTILES = (50, 90, 95, 99)
@@ -60,15 +62,14 @@ def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens:
         raise KnowpackError("token shift: no prompts to answer")
     limit = getattr(adapted_model.config, "max_position_embeddings", None)
     if limit:  # a prompt plus its answer must fit in the context; longer ones are left out, said once
-        fits = [p for p in prompts if len(tokenizer(_as_chat(tokenizer, p), add_special_tokens=False).input_ids)
-                + max_new_tokens <= limit]
+        fits = [p for p in prompts if len(_encode_bare(tokenizer, p)) + max_new_tokens <= limit]
         if len(fits) < len(prompts):
             warn(f"token shift: {len(prompts) - len(fits)} of {len(prompts)} prompts do not fit in the model's "
                  f"{limit} positions with {max_new_tokens} new tokens; they are left out")
         if not fits:
             raise KnowpackError(f"token shift: no prompt fits in the model's {limit} positions; use shorter prompts")
         prompts = fits
-    encoded = [tokenizer(_as_chat(tokenizer, p), add_special_tokens=False).input_ids for p in prompts]
+    encoded = [_encode_bare(tokenizer, p) for p in prompts]
     # The tuned model's greedy answers, through the LM core: the prompts' common start (the chat
     # template's system turn) runs once.
     shared = min(len(os.path.commonprefix(encoded)), min(map(len, encoded)) - 1)
@@ -76,15 +77,47 @@ def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens:
     answers = generate_with_prefix(adapted_model, encoded[0][:shared], [ids[shared:] for ids in encoded],
                                    stop_ids=generation_stop_ids(adapted_model, tokenizer), pad_id=pad_id,
                                    settings=DecodeSettings(max_new_tokens), batch_size=batch_size)
-    # Scored positions: the answer's tokens other than padding (an end-of-turn token that is also the
-    # pad token is left out, as generate's padded output leaves it out).
+    ranks, kls, base_probs, shifted = _score_answers(adapted_model, tokenizer, encoded, answers, batch_size)
+    rank_all = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    kl_all = torch.cat(kls).cpu() if kls else torch.zeros(0)
+    total = max(int(rank_all.numel()), 1)
+    vocabulary = None if training_texts is None else training_vocabulary(training_texts, tokenizer)
+    top_shifted = shifted.most_common(top)
+    measures = {**kl_by_position(kl_all), **style_split(shifted), **copied_shares(shifted, vocabulary),
+                "top_shifted_kinds": [token_kind(token) for token, _ in top_shifted],
+                "training_texts": None if training_texts is None else len(training_texts)}
+    return {
+        "unshifted": int((rank_all == 1).sum()) / total,
+        "marginal": int(((rank_all >= 2) & (rank_all <= 3)).sum()) / total,
+        "shifted": int((rank_all > 3).sum()) / total,
+        "mean_kl": float(torch.cat(kls).mean()) if rank_all.numel() else 0.0,
+        "mean_base_prob": float(torch.cat(base_probs).mean()) if rank_all.numel() else 0.0,
+        "top_shifted": top_shifted,
+        "tokens": int(rank_all.numel()),
+        **measures,
+        "none_because": none_reasons(measures, training_texts is not None),
+    }
+
+
+def _encode_bare(tokenizer, prompt: str) -> list[int]:
+    """A prompt's ids as the user's own request (no system turn or labels of knowpack's own)."""
+    return tokenizer(format_prompt(tokenizer, prompt, bare=True), add_special_tokens=False).input_ids
+
+
+def _score_answers(adapted_model, tokenizer, encoded: list[list[int]], answers: list[list[int]], batch_size: int,
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], Counter[str]]:
+    """Per batch: the base model's rank of each chosen token, KL(base‖tuned), the chosen tokens' base
+    probabilities (at the scored positions), and the decoded shifted tokens (rank above 3) counted.
+
+    Scored positions: the answer's tokens other than padding (an end-of-turn token that is also the
+    pad token is left out, as generate's padded output leaves it out).
+    """
+    pad_id = tokenizer.pad_token_id
     ranks: list[torch.Tensor] = []
     kls: list[torch.Tensor] = []
     base_probs: list[torch.Tensor] = []
     shifted: Counter[str] = Counter()
-    was_training = adapted_model.training
-    adapted_model.eval()
-    try:
+    with eval_mode(adapted_model):
         for start in range(0, len(encoded), batch_size):
             rows = [(ids, answer) for ids, answer in zip(encoded[start:start + batch_size],
                                                          answers[start:start + batch_size]) if answer]
@@ -106,27 +139,7 @@ def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens:
             kls.append(kl[generated])
             base_probs.append(base_log.gather(-1, chosen[..., None])[..., 0].exp()[generated])
             shifted.update(tokenizer.decode([int(t)]) for t in chosen[generated & (rank > 3)])
-    finally:
-        adapted_model.train(was_training)
-    rank_all = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
-    kl_all = torch.cat(kls).cpu() if kls else torch.zeros(0)
-    total = max(int(rank_all.numel()), 1)
-    vocabulary = None if training_texts is None else training_vocabulary(training_texts, tokenizer)
-    top_shifted = shifted.most_common(top)
-    measures = {**kl_by_position(kl_all), **style_split(shifted), **copied_shares(shifted, vocabulary),
-                "top_shifted_kinds": [token_kind(token) for token, _ in top_shifted],
-                "training_texts": None if training_texts is None else len(training_texts)}
-    return {
-        "unshifted": int((rank_all == 1).sum()) / total,
-        "marginal": int(((rank_all >= 2) & (rank_all <= 3)).sum()) / total,
-        "shifted": int((rank_all > 3).sum()) / total,
-        "mean_kl": float(torch.cat(kls).mean()) if rank_all.numel() else 0.0,
-        "mean_base_prob": float(torch.cat(base_probs).mean()) if rank_all.numel() else 0.0,
-        "top_shifted": top_shifted,
-        "tokens": int(rank_all.numel()),
-        **measures,
-        "none_because": none_reasons(measures, training_texts is not None),
-    }
+    return ranks, kls, base_probs, shifted
 
 
 # -- the measures a LoRA-vs-full comparison reads: pure functions of the scored tokens ----------------
@@ -213,13 +226,6 @@ def none_reasons(measures: dict, has_training_set: bool) -> dict[str, str]:
     if measures["copied_content"] is None:
         reasons["copied_content"] = NO_TRAINING_SET if not has_training_set else "no shifted content word"
     return reasons
-
-
-def _as_chat(tokenizer, prompt: str) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return prompt
 
 
 def generation_stop_ids(model, tokenizer) -> set[int]:

@@ -14,7 +14,7 @@ from typing import Callable
 from pathlib import Path
 
 from knowpack.config import FactsConfig
-from knowpack.errors import KnowpackError
+from knowpack.errors import KnowpackError, did_you_mean
 from knowpack.facts.sampling import select_facts
 from knowpack.facts.schema import Fact, facts_to_jsonl, make_fact_id, read_facts
 
@@ -99,10 +99,7 @@ def facts_stats(path: str | Path) -> dict[str, object]:
 
 
 def _check_known(relations: list[str] | None, known: tuple[str, ...], source: str) -> None:
-    import difflib
-
     for name in relations or ():
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(known)}"
+            hint = did_you_mean(name, known, f"; choose from {', '.join(known)}")
             raise KnowpackError(f"facts.relations: unknown relation {name!r} for source {source}{hint}")

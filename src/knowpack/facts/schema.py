@@ -9,7 +9,7 @@ from typing import Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from knowpack.errors import KnowpackError
+from knowpack.errors import KnowpackError, validation_line
 from knowpack.jsonio import read_json_lines
 
 Bucket = Literal["head", "torso", "tail"]
@@ -68,9 +68,9 @@ def read_facts(path: str | Path) -> list[Fact]:
         try:
             fact = Fact.model_validate(record)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "record"
-            raise KnowpackError(f"{path}:{number}: {where[:80]!r}: {first['msg']}") from err
+            # The location is quoted and cut: a hostile record's keys may be long or odd.
+            raise KnowpackError(validation_line(err, f"{path}:{number}", empty="record",
+                                                spell=lambda where: repr(where[:80]))) from err
         if fact.fact_id in seen:
             raise KnowpackError(f"{path}:{number}: duplicate fact_id {fact.fact_id!r}")
         seen.add(fact.fact_id)

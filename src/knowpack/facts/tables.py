@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from knowpack.errors import KnowpackError, warn
+from knowpack.errors import KnowpackError, validation_line, warn
 from knowpack.facts.dbpedia import MAX_EXAMPLES, ParseReport
 from knowpack.facts.popularity import assign_buckets, clean_aliases
 from knowpack.facts.schema import Bucket, Fact, make_fact_id
@@ -137,9 +137,7 @@ def _validated(path: Path, model: type[_Row], rows: Iterator[tuple[int, dict]], 
         try:
             yield model.model_validate(record)
         except ValidationError as err:
-            problem = err.errors()[0]
-            where = ".".join(str(p) for p in problem["loc"]) or "row"
-            message = f"{path}:{number}: {where}: {problem['msg']}"
+            message = validation_line(err, f"{path}:{number}", empty="row")
             if strict:
                 raise KnowpackError(f"{message} (run without --strict to skip bad rows)") from err
             report.malformed += 1

@@ -23,12 +23,11 @@ Rules (the same as the embedded source):
 
 from __future__ import annotations
 
-import difflib
 import sys
 from collections import Counter, defaultdict
 from typing import Callable, Collection, Iterable, Mapping, NamedTuple
 
-from knowpack.errors import KnowpackError
+from knowpack.errors import KnowpackError, did_you_mean
 from knowpack.facts.popularity import assign_buckets, clean_aliases, normalize_alias
 from knowpack.facts.schema import Fact, make_fact_id
 from knowpack.facts.templates import leaks_answer, paraphrases, question_texts, render_question
@@ -72,8 +71,7 @@ class TripleCollector:
             return
         missing = sorted(self.relations - set(self.relation_counts))
         if missing:
-            close = difflib.get_close_matches(missing[0], list(self.relation_counts), n=1, cutoff=0.7)
-            hint = f"; did you mean {close[0]!r}?" if close else ": no triple uses it"
+            hint = did_you_mean(missing[0], self.relation_counts, ": no triple uses it", cutoff=0.7)
             common = ", ".join(name for name, _ in self.relation_counts.most_common(8)) or "none"
             raise KnowpackError(f"{where}: unknown relation {missing[0]!r}{hint} "
                                 f"(most common relations there: {common})")

@@ -219,6 +219,7 @@ def varying_fields(table: pd.DataFrame, exclude: Callable[[str], bool]) -> list[
 
 
 def _is_seed(column: str) -> bool:
+    """A seed field (``config.mixture.seed``, ``config.train.seed``): runs differing only there are repeats."""
     return column.endswith(".seed")
 
 

@@ -14,4 +14,26 @@ docstring and tested against a plain forward:
 - `training`: the training forward with the shared prompt prefix packed or cached;
 - `kl`: KL(p‖q) per position;
 - `precision`: fp32, or bf16 where the hardware has it (detection and fallback).
+
+`eval_mode` is the one way a measurement switches dropout off and gives the model its mode back.
 """
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """The model in eval mode inside the block, in the mode it had before after it (errors included).
+
+    Dropout off: a model fresh from training must measure like a loaded one, and a model that was
+    training goes on training afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from knowpack.lm import eval_mode
 from knowpack.lm.cache import (
     Past,
     can_reuse_cache,
@@ -125,21 +126,16 @@ def generate_with_prefix(model, prefix_ids: Sequence[int], suffixes: Sequence[Se
         return []
     suffixes = [list(s) for s in suffixes]
     order = sorted(range(len(suffixes)), key=lambda i: -len(suffixes[i]))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if not can_reuse_cache(model):
-                whole = [list(prefix_ids) + s for s in suffixes]
-                return _decode_full_prompts(model, whole, order, stop_ids, pad_id, settings, batch_size, progress)
-            prefix = encode_prefix(model, prefix_ids)
-            if shared_prefix and prefix is not None and supports_shared_prefix(model):
-                with shared_prefix_attention(model):
-                    return _decode(model, prefix, prefix_keys_values(prefix), suffixes, order, stop_ids, pad_id,
-                                   settings, batch_size, progress)
-            return _decode(model, prefix, None, suffixes, order, stop_ids, pad_id, settings, batch_size, progress)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        if not can_reuse_cache(model):
+            whole = [list(prefix_ids) + s for s in suffixes]
+            return _decode_full_prompts(model, whole, order, stop_ids, pad_id, settings, batch_size, progress)
+        prefix = encode_prefix(model, prefix_ids)
+        if shared_prefix and prefix is not None and supports_shared_prefix(model):
+            with shared_prefix_attention(model):
+                return _decode(model, prefix, prefix_keys_values(prefix), suffixes, order, stop_ids, pad_id,
+                               settings, batch_size, progress)
+        return _decode(model, prefix, None, suffixes, order, stop_ids, pad_id, settings, batch_size, progress)
 
 
 def _decode_full_prompts(model, prompts: list[list[int]], order: list[int], stop_ids: set[int], pad_id: int,

@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from knowpack.errors import KnowpackError
+from knowpack.lm import eval_mode
 from knowpack.lm.cache import Past, can_reuse_cache, extend, prefix_keys_values
 from knowpack.lm.prefix_attention import shared_prefix_attention, supports_shared_prefix
 
@@ -41,16 +42,11 @@ def loglikelihood(model, tokenizer, requests: Sequence[Request], *, batch_size: 
     special = leading_special_ids(tokenizer)
     encoded = [encode_request(tokenizer, context, continuation, special, limit) for context, continuation in unique]
     advance = progress or (lambda n: None)
-    was_training = model.training
-    model.eval()  # dropout off: a model fresh from training must score like a loaded one
-    try:
-        with torch.inference_mode():
-            if reuse_prefix and can_reuse_cache(model):
-                scores = _score_shared(model, encoded, batch_size, advance)
-            else:
-                scores = _score_full(model, encoded, batch_size, advance)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        if reuse_prefix and can_reuse_cache(model):
+            scores = _score_shared(model, encoded, batch_size, advance)
+        else:
+            scores = _score_full(model, encoded, batch_size, advance)
     by_request = dict(zip(unique, scores))
     return [by_request[request] for request in requests]
 

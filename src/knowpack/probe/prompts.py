@@ -8,6 +8,9 @@ Format (DESIGN.md): with a chat template, system "Answer the following question.
 user turn "Question: …" and an assistant turn "Answer: …", then the question as a user turn and the
 generation prompt. Without a chat template the same content as plain "Question: …\nAnswer: …" lines.
 Exemplars are TriviaQA validation questions with short answers, from the offline data package.
+
+`format_prompt` is the one place this format is written: the probe's few-shot prompts, the training
+prompt (no exemplars) and token shift's bare prompts (the user's words alone) all come from it.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import Sequence
 from knowpack.offline_data import hf_dataset_dir
 
 SYSTEM_PROMPT = "Answer the following question."
+ANSWER_LABEL = "Answer:"
 _QUESTION = "Question: {question}"
-_ANSWER = "Answer: {answer}"
+_ANSWER = ANSWER_LABEL + " {answer}"
 
 
 @lru_cache(maxsize=1)
@@ -45,6 +49,24 @@ def uses_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def format_prompt(tokenizer, question: str, exemplars: Sequence[tuple[str, str]] = (), *,
+                  chat: bool | None = None, bare: bool = False) -> str:
+    """The prompt text for ``question``, exactly as a plain ``generate`` call would receive it.
+
+    ``exemplars``: few-shot (question, answer) pairs before the question (the probe's; training has none).
+    ``chat``: render with the tokenizer's chat template; None: when the tokenizer has one.
+    ``bare``: the question as a user's own request, with no system turn and no "Question:"/"Answer:"
+    labels (token shift's free-form prompts); without a chat template that is the question itself.
+    """
+    chat = uses_chat_template(tokenizer) if chat is None else chat
+    if bare and exemplars:
+        raise ValueError("a bare prompt has no exemplars: they need the Question:/Answer: labels")
+    if not chat:
+        return question if bare else _plain_text(exemplars, question)
+    messages = [{"role": "user", "content": question}] if bare else _chat_messages(exemplars, question)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def _chat_messages(exemplars, question: str | None) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": SYSTEM_PROMPT}]
     for q, a in exemplars:
@@ -60,7 +82,7 @@ def _plain_text(exemplars, question: str | None) -> str:
     for q, a in exemplars:
         text += _QUESTION.format(question=q) + "\n" + _ANSWER.format(answer=a) + "\n\n"
     if question is not None:
-        text += _QUESTION.format(question=question) + "\nAnswer:"
+        text += _QUESTION.format(question=question) + "\n" + ANSWER_LABEL
     return text
 
 
@@ -74,10 +96,7 @@ class PromptSet:
 
     def render(self, tokenizer, question: str) -> str:
         """The full prompt text, exactly as a plain ``generate`` call would receive it."""
-        if self.chat:
-            return tokenizer.apply_chat_template(_chat_messages(self.exemplars, question),
-                                                 tokenize=False, add_generation_prompt=True)
-        return _plain_text(self.exemplars, question)
+        return format_prompt(tokenizer, question, self.exemplars, chat=self.chat)
 
     def encode(self, tokenizer, questions: Sequence[str]) -> tuple[list[int], list[list[int]]]:
         """(shared prefix ids, suffix ids per question): prefix + suffix is exactly each full prompt's ids.

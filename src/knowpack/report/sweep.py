@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from knowpack.laws import FORGETTING, N_FIELD, fit_laws, reliability_curve, varying_fields
+from knowpack.laws import FORGETTING, N_FIELD, _is_seed, fit_laws, reliability_curve, varying_fields
 from knowpack.laws.show import TITLES, law_rows
 from knowpack.probe.categories import CATEGORIES
 from knowpack.report import plots
@@ -27,10 +27,6 @@ __all__ = ["sweep_sections"]
 
 N_LABEL = "N Unknown facts in the adapter (log scale)"
 MAX_LINES = 12  # more configurations than this in one figure would be unreadable
-
-
-def _is_seed(column: str) -> bool:
-    return column.endswith(".seed")
 
 
 def _labels(table: pd.DataFrame, fields: list[str]) -> pd.Series:

@@ -17,7 +17,6 @@ checked before any run starts, so a typo fails in seconds, not hours).
 
 from __future__ import annotations
 
-import difflib
 import itertools
 from importlib import resources
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from knowpack.config import RunConfig, _explain, _merge, preset_dict, read_yaml
-from knowpack.errors import KnowpackError
+from knowpack.errors import KnowpackError, did_you_mean, first_problem, validation_line
 
 __all__ = ["SweepConfig", "expand_grid", "load_sweep", "resolve_points", "shipped_sweeps", "sweep_path"]
 
@@ -62,14 +61,12 @@ def load_sweep(path: str | Path) -> SweepConfig:
     try:
         sweep = SweepConfig.model_validate(read_yaml(path))
     except ValidationError as err:
-        first = err.errors()[0]
-        dotted = ".".join(map(str, first["loc"]))
+        dotted, first = first_problem(err)
         if first["type"] == "extra_forbidden":
             valid = list(SweepConfig.model_fields)
-            close = difflib.get_close_matches(dotted, valid, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+            hint = did_you_mean(dotted, valid, f"valid keys: {', '.join(valid)}", lead="")
             raise KnowpackError(f"{path}: unknown key {dotted!r}; {hint}") from err
-        raise KnowpackError(f"{path}: {dotted}: {first['msg']}") from err
+        raise KnowpackError(validation_line(err, str(path))) from err
     if not sweep.grid and not sweep.variants:
         raise KnowpackError(f"{path}: grid is empty; give at least one field and its values, "
                             "e.g. grid: {mixture.n_unknown: [5, 10]}")
@@ -104,13 +101,10 @@ def check_field(dotted: str, origin: str) -> None:
         fields = cls.model_fields if isinstance(cls, type) and issubclass(cls, BaseModel) else {}
         if part not in fields:
             prefix = ".".join(parts[:depth])
-            close = difflib.get_close_matches(part, list(fields), n=1)
-            if not fields:
-                hint = f"{prefix} has no sub-fields"
-            elif close:
-                hint = f"did you mean {'.'.join([*parts[:depth], close[0], *parts[depth + 1:]])!r}?"
-            else:
-                hint = f"valid fields{' of ' + prefix if prefix else ''}: {', '.join(fields)}"
+            listed = f"valid fields{' of ' + prefix if prefix else ''}: {', '.join(fields)}"
+            # The suggestion is the whole dotted field with the misspelled part replaced.
+            hint = did_you_mean(part, fields, listed if fields else f"{prefix} has no sub-fields", lead="",
+                                spell=lambda close: ".".join([*parts[:depth], close, *parts[depth + 1:]]))
             raise KnowpackError(f"{origin}: unknown field {dotted!r}; {hint}")
         cls = fields[part].annotation
 

@@ -10,7 +10,6 @@ Out: the run directory (via `run_pipeline`) and ``RUN_DIR/status.json``: running
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -19,6 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
+from knowpack.rundir import try_lock
 from knowpack.sweep.results import IN_USE, PARENT_ENV, TASK, write_status
 
 
@@ -42,10 +42,8 @@ def die_with_parent(parent: str | None) -> None:
 
 def main(run_dir: Path) -> int:
     die_with_parent(os.environ.get(PARENT_ENV))
-    handle = open(run_dir / ".worker.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    handle = try_lock(run_dir / ".worker.lock")  # held until this process ends
+    if handle is None:
         print(f"{run_dir}: another sweep worker holds this run; leaving it alone", flush=True)
         return IN_USE
     task = json.loads((run_dir / TASK).read_text(encoding="utf-8"))

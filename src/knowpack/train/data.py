@@ -4,7 +4,7 @@ In:  `TrainExample`s, a tokenizer, `loss_on` ("answer" or "sequence").
 Out: batches of similar length, split into micro-batches (`Batch`: input_ids / attention_mask / labels,
      right-padded to the longest row of the micro-batch).
 
-The prompt (system + question, rendered with the chat template) and the answer ("Answer: X" plus the
+The prompt (system + question, `knowpack.probe.prompts.format_prompt`) and the answer ("Answer: X" plus the
 end-of-turn token) are tokenized separately and concatenated, so the answer span is known exactly;
 labels never come from counting padding.
 """
@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import torch
 
 from knowpack.lm.training import IGNORE
-from knowpack.probe.prompts import SYSTEM_PROMPT, uses_chat_template
+from knowpack.probe.prompts import ANSWER_LABEL, format_prompt, uses_chat_template
 from knowpack.train.mixture import TrainExample
 
 Row = tuple[list[int], list[int]]  # (input ids, labels) of one example
@@ -36,12 +36,6 @@ class Batch:
                      None if self.base_hidden is None else self.base_hidden.to(device))
 
 
-def chat_prompt(tokenizer, question: str) -> str:
-    """The training prompt with a chat template: system turn, the question as a user turn, generation prompt."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": f"Question: {question}"}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def answer_request(tokenizer, question: str, answer: str) -> tuple[str, str]:
     """(context, continuation) texts whose continuation is exactly the answer's tokens of the training format.
 
@@ -49,25 +43,25 @@ def answer_request(tokenizer, question: str, answer: str) -> tuple[str, str]:
     prompt's), the continuation is " " + the answer, without the end-of-turn token (the bits about a
     fact are in its answer, not in the format around it).
     """
+    prompt = format_prompt(tokenizer, question)  # without a chat template it already ends at "Answer:"
     if uses_chat_template(tokenizer):
-        prompt = chat_prompt(tokenizer, question)
         bos = tokenizer.bos_token
         # The scoring core puts the tokenizer's leading special ids (BOS, if any) itself: not twice.
         if bos and prompt.startswith(bos) and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]:
             prompt = prompt[len(bos):]
-        return prompt + "Answer:", f" {answer}"
-    return f"{SYSTEM_PROMPT}\n\nQuestion: {question}\nAnswer:", f" {answer}"
+        prompt += ANSWER_LABEL
+    return prompt, f" {answer}"
 
 
 def encode_example(tokenizer, example: TrainExample, loss_on: str = "answer") -> tuple[list[int], list[int]]:
     """(input ids, labels) for one question/answer pair."""
-    question = f"Question: {example.question}"
+    prompt = format_prompt(tokenizer, example.question)
     if uses_chat_template(tokenizer):
-        prompt_ids = tokenizer(chat_prompt(tokenizer, example.question), add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         end = tokenizer.eos_token or ""
-        answer_ids = tokenizer(f"Answer: {example.answer}{end}", add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(f"{ANSWER_LABEL} {example.answer}{end}", add_special_tokens=False)["input_ids"]
     else:
-        prompt_ids = tokenizer(f"{SYSTEM_PROMPT}\n\n{question}\nAnswer:")["input_ids"]
+        prompt_ids = tokenizer(prompt)["input_ids"]
         answer_ids = tokenizer(f" {example.answer}\n", add_special_tokens=False)["input_ids"]
     ids = prompt_ids + answer_ids
     labels = ids.copy() if loss_on == "sequence" else [IGNORE] * len(prompt_ids) + answer_ids
