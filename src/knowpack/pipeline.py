@@ -33,6 +33,8 @@ from knowpack.train import stage as train
 
 @dataclass(frozen=True)
 class Stage:
+    """A step of the recipe: its entry point, and (for the reader, and the README's table) what it reads and
+    writes in the run directory."""
     name: str
     run: Callable[[RunContext, str], str]
     reads: str
