@@ -6,6 +6,7 @@ Not a conftest.py: a second ``conftest`` module would shadow ``tests/conftest.py
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,21 +18,37 @@ import yaml
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
+def write_sweep(folder: Path, model_dir: Path, grid: dict, name: str = "sweep.yaml", **extra) -> Path:
+    """A sweep file over the tiny model in ``model_dir`` whose runs take seconds; its path."""
+    base = {"model": {"name": str(model_dir)}, "facts": {"max_facts": 16},
+            "probe": {"num_prompts": 2, "shots": 1, "max_new_tokens": 4},
+            "train": {"epochs": 1, "batch_size": 2, "eval_every_epoch": False},
+            "eval": {"benchmark_questions": 2, "mmlu_shots": 0, "forgetting_passages": 2,
+                     "token_shift_prompts": 2}}
+    path = folder / name
+    path.write_text(yaml.safe_dump({"preset": "smoke", "base": base, "grid": grid, **extra}))
+    return path
+
+
 @pytest.fixture()
 def tiny_sweep(tiny_model_dir, tmp_path):
     """Write a sweep file whose runs take seconds: ``tiny_sweep(grid, **extra)`` -> its path."""
 
     def write(grid: dict, name: str = "sweep.yaml", **extra) -> Path:
-        base = {"model": {"name": str(tiny_model_dir)}, "facts": {"max_facts": 16},
-                "probe": {"num_prompts": 2, "shots": 1, "max_new_tokens": 4},
-                "train": {"epochs": 1, "batch_size": 2, "eval_every_epoch": False},
-                "eval": {"benchmark_questions": 2, "mmlu_shots": 0, "forgetting_passages": 2,
-                         "token_shift_prompts": 2}}
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump({"preset": "smoke", "base": base, "grid": grid, **extra}))
-        return path
+        return write_sweep(tmp_path, tiny_model_dir, grid, name, **extra)
 
     return write
+
+
+def seed_from(finished: Path, out: Path, runs: list[Path] = ()) -> None:
+    """Start sweep folder ``out`` with what an earlier sweep ``finished`` holds: its shared base-model probes
+    (every tiny sweep has the same base) and the run folders ``runs``, so a test sweep skips work that other
+    tests already check is done right. A run folder's name is its config's fingerprint: it is found again
+    by any sweep with that grid point."""
+    out.mkdir(parents=True)
+    shutil.copytree(finished / "shared", out / "shared")
+    for run_dir in runs:
+        shutil.copytree(run_dir, out / "runs" / run_dir.name)
 
 
 def knowpack_process(*args: str) -> subprocess.Popen:

@@ -1,6 +1,8 @@
 """The local executor for real: parallel workers, one shared base probe, resume after SIGKILL, dying workers.
 
-Every sweep here runs the real CLI in its own process on the tiny random-weight model.
+Every sweep here runs the real CLI in its own process on the tiny random-weight model. The four-run sweep
+is run once for the module; the kill tests start from its base-model probe (and one of its runs) instead of
+computing them again, since the first test checks those.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from sweep_helpers import knowpack_process, knowpack_run, tiny_sweep  # noqa: F401 (tiny_sweep is a fixture)
+from sweep_helpers import knowpack_process, knowpack_run, seed_from, write_sweep
+from sweep_helpers import tiny_sweep  # noqa: F401 (a fixture)
 from knowpack.sweep.results import read_results
 
 
@@ -55,12 +59,20 @@ def _workers_started(run_dir: Path) -> int:
 TINY_TRAINED_PARAMS = 2 * 3 * 8 * (64 + 128)
 
 
-def test_four_runs_on_two_workers_share_one_base_probe_and_are_not_redone(tiny_sweep, tmp_path):
-    out = tmp_path / "sweep"
-    spec = tiny_sweep({"mixture.n_unknown": [2, 3], "train.seed": [1, 2]})
+@pytest.fixture(scope="module")
+def four_runs(tiny_model_dir, tmp_path_factory):
+    """A 4-run sweep on 2 workers, run once: (sweep file, its folder, the CLI's result)."""
+    folder = tmp_path_factory.mktemp("four-runs")
+    spec = write_sweep(folder, tiny_model_dir, {"mixture.n_unknown": [2, 3], "train.seed": [1, 2]})
+    out = folder / "out"
     start = time.perf_counter()
     result = knowpack_run("sweep", "--config", str(spec), "--out", str(out), "--workers", "2")
     print(f"4-run sweep on 2 workers: {time.perf_counter() - start:.0f} s")
+    return spec, out, result
+
+
+def test_four_runs_on_two_workers_share_one_base_probe_and_are_not_redone(four_runs):
+    spec, out, result = four_runs
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("results.parquet")
     table = read_results(out / "results.parquet")
@@ -92,9 +104,12 @@ def test_four_runs_on_two_workers_share_one_base_probe_and_are_not_redone(tiny_s
     assert all(_workers_started(run_dir) == 1 for run_dir in _runs(out))
 
 
-def test_a_killed_sweep_resumes_without_redoing_finished_runs(tiny_sweep, tmp_path):
+def test_a_killed_sweep_resumes_without_redoing_finished_runs(four_runs, tiny_sweep, tmp_path):
     out = tmp_path / "sweep"
-    spec = tiny_sweep({"mixture.n_unknown": [2, 3]})
+    spec = tiny_sweep({"mixture.n_unknown": [2, 3], "train.seed": [1]})
+    table = read_results(four_runs[1] / "results.parquet").set_index(["mixture.n_unknown", "train.seed"])
+    seeded = four_runs[1] / table.loc[(2, 1), "run_dir"]
+    seed_from(four_runs[1], out, [seeded])  # the base probe and run (2, 1) done: only run 3 is left to do
     sweep = knowpack_process("sweep", "--config", str(spec), "--out", str(out), "--workers", "1", "--quiet")
 
     def one_done_one_training():
@@ -107,6 +122,7 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tiny_sweep, tmp_pa
         return (done[0], busy[0]) if done and busy else None
 
     finished, interrupted = _wait_for(one_done_one_training)
+    assert finished.name == seeded.name  # the seeded run was taken for done, not redone
     worker = _status(interrupted)["pid"]
     sweep.kill()  # SIGKILL: no handler runs in the sweep process
     sweep.communicate()
@@ -125,9 +141,10 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tiny_sweep, tmp_pa
     assert not list(out.rglob(".*.tmp"))
 
 
-def test_a_worker_that_dies_leaves_its_run_failed_and_the_sweep_goes_on(tiny_sweep, tmp_path):
+def test_a_worker_that_dies_leaves_its_run_failed_and_the_sweep_goes_on(four_runs, tiny_sweep, tmp_path):
     out = tmp_path / "sweep"
     spec = tiny_sweep({"mixture.n_unknown": [2, 3]})
+    seed_from(four_runs[1], out)  # the base probe only: both runs are done here, one after the other
     sweep = knowpack_process("sweep", "--config", str(spec), "--out", str(out), "--workers", "1", "--quiet")
 
     def training():

@@ -1,5 +1,8 @@
 """The Ray executor for real: sweeps on a Ray head this module starts on 127.0.0.1 (and on a Ray the sweep
-starts itself), a killed sweep resumed; an unreachable or missing Ray is one clear line."""
+starts itself), a killed sweep resumed; an unreachable or missing Ray is one clear line.
+
+The sweep on the module's Ray head is run once; the other two sweeps start from its base-model probe (the
+resumed one also from its finished run) instead of computing them again, since the first test checks those."""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep_helpers import knowpack_process, knowpack_run, tiny_sweep  # noqa: F401 (tiny_sweep is a fixture)
+from sweep_helpers import knowpack_process, knowpack_run, seed_from, write_sweep
+from sweep_helpers import tiny_sweep  # noqa: F401 (a fixture)
 from knowpack.sweep.executors import check_address
 from knowpack.sweep.results import read_results
 
@@ -78,14 +82,22 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has exited
 
 
-def test_ray_sweep_on_a_ray_cluster_finishes_and_reports_the_failed_run(ray_head, tiny_sweep, tmp_path):
-    out = tmp_path / "sweep"
+@pytest.fixture(scope="module")
+def cluster_sweep(ray_head, tiny_model_dir, tmp_path_factory):
+    """A 2-run sweep on the module's Ray head, run once: (its folder, the CLI's result)."""
+    folder = tmp_path_factory.mktemp("cluster-sweep")
+    out = folder / "out"
     # 500 Unknown facts cannot be found among 16 facts: that run fails with the mixture's own error
-    spec = tiny_sweep({"mixture.n_unknown": [2, 500]})
+    spec = write_sweep(folder, tiny_model_dir, {"mixture.n_unknown": [2, 500]})
     start = time.perf_counter()
     result = knowpack_run("sweep", "--config", str(spec), "--out", str(out), "--executor", "ray",
                           "--address", ray_head, "--workers", "2", "--quiet")
     print(f"2-run sweep on Ray at {ray_head}: {time.perf_counter() - start:.0f} s")
+    return out, result
+
+
+def test_ray_sweep_on_a_ray_cluster_finishes_and_reports_the_failed_run(cluster_sweep):
+    out, result = cluster_sweep
     assert result.returncode == 1, result.stderr
     table = read_results(out / "results.parquet").set_index("mixture.n_unknown")
     assert table.loc[2, "status"] == "done" and table.loc[2, "reliability"] >= 0
@@ -97,9 +109,12 @@ def test_ray_sweep_on_a_ray_cluster_finishes_and_reports_the_failed_run(ray_head
     assert last.startswith("error: 1 of 2 runs failed")
 
 
-def test_a_killed_ray_sweep_resumes_without_redoing_finished_runs(ray_head, tiny_sweep, tmp_path):
+def test_a_killed_ray_sweep_resumes_without_redoing_finished_runs(ray_head, cluster_sweep, tiny_sweep, tmp_path):
     out = tmp_path / "sweep"
     spec = tiny_sweep({"mixture.n_unknown": [2, 3]})
+    table = read_results(cluster_sweep[0] / "results.parquet").set_index("mixture.n_unknown")
+    seeded = cluster_sweep[0] / table.loc[2, "run_dir"]
+    seed_from(cluster_sweep[0], out, [seeded])  # the base probe and run 2 done: only run 3 is left to do
     args = ("sweep", "--config", str(spec), "--out", str(out), "--executor", "ray", "--address", ray_head,
             "--workers", "1", "--quiet")
     sweep = knowpack_process(*args)
@@ -122,6 +137,7 @@ def test_a_killed_ray_sweep_resumes_without_redoing_finished_runs(ray_head, tiny
         time.sleep(0.05)
     assert found, f"the sweep never had one run done and one training: {sweep.poll()} {sweep.stderr.read()[-2000:]}"
     finished, interrupted = found
+    assert finished.name == seeded.name  # the seeded run was taken for done, not redone
     started, worker = _status(finished)["started"], _status(interrupted)["pid"]
     sweep.kill()  # SIGKILL: no handler runs in the sweep; Ray ends the job's tasks, their workers die with them
     sweep.communicate()
@@ -141,8 +157,9 @@ def test_a_killed_ray_sweep_resumes_without_redoing_finished_runs(ray_head, tiny
     assert len(table) == 2 and set(table["status"]) == {"done"} and table["reliability"].notna().all()
 
 
-def test_ray_sweep_starts_its_own_local_ray(tiny_sweep, tmp_path):
+def test_ray_sweep_starts_its_own_local_ray(cluster_sweep, tiny_sweep, tmp_path):
     out = tmp_path / "sweep"
+    seed_from(cluster_sweep[0], out)  # the base probe: the one run is left for the Ray this sweep starts
     result = knowpack_run("sweep", "--config", str(tiny_sweep({"mixture.n_unknown": [2]})), "--out", str(out),
                           "--executor", "ray", "--workers", "1", "--quiet")
     assert result.returncode == 0, result.stderr
