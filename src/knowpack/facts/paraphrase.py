@@ -347,41 +347,9 @@ def add_llm_paraphrases(facts: list[Fact], model, tokenizer, *, per_fact: int = 
     pending = sum(key not in results for key in keys)
 
     if pending:
-        from rich.console import Console
-        from rich.progress import Progress
-
-        handle = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if cut is not None:
-                os.truncate(path, cut)
-            handle = path.open("a", encoding="utf-8")
-        try:
-            with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
-                task = bar.add_task("LLM paraphrases", total=pending)
-                for index, batch in enumerate(batches):
-                    missing = [key for key in batch if key not in results]
-                    if not missing:
-                        continue
-                    # The whole batch is sampled again (same seed), so its missing facts get exactly
-                    # the samples an uninterrupted run gave them.
-                    replies = sample_candidates(model, tokenizer, [q for q, _ in batch], n=n,
-                                                temperature=temperature, max_new_tokens=max_new_tokens,
-                                                seed=seed + index)
-                    for key, candidates in zip(batch, replies):
-                        if key not in missing:
-                            continue
-                        accepted, rejected = filter_candidates(first[key], candidates, limit=per_fact)
-                        entry = {"question": key[0], "answer": key[1], "paraphrases": accepted,
-                                 "candidates": len(candidates), "rejected": rejected}
-                        results[key] = entry
-                        if handle is not None:
-                            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                            handle.flush()
-                    bar.advance(task, len(missing))
-        finally:
-            if handle is not None:
-                handle.close()
+        _sample_missing(batches, first, results, pending, model, tokenizer, n=n, per_fact=per_fact,
+                        temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, cache=path, cut=cut,
+                        progress=progress)
 
     out = []
     for fact in facts:
@@ -389,3 +357,46 @@ def add_llm_paraphrases(facts: list[Fact], model, tokenizer, *, per_fact: int = 
         accepted, _ = filter_candidates(fact, cached, limit=per_fact)
         out.append(fact.model_copy(update={"paraphrases": [*fact.paraphrases, *accepted]}))
     return out
+
+
+def _sample_missing(batches: list[list[tuple[str, str]]], first: dict[tuple[str, str], Fact],
+                    results: dict[tuple[str, str], dict], pending: int, model, tokenizer, *, n: int, per_fact: int,
+                    temperature: float, max_new_tokens: int, seed: int, cache: Path | None, cut: int | None,
+                    progress: bool) -> None:
+    """Sample and filter the candidates of every (question, answer) not in ``results`` yet, adding them there
+    and appending each to the ``cache`` file (cut back to ``cut`` first: a half-written last line) as it is done."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    handle = None
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        if cut is not None:
+            os.truncate(cache, cut)
+        handle = cache.open("a", encoding="utf-8")
+    try:
+        with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
+            task = bar.add_task("LLM paraphrases", total=pending)
+            for index, batch in enumerate(batches):
+                missing = [key for key in batch if key not in results]
+                if not missing:
+                    continue
+                # The whole batch is sampled again (same seed), so its missing facts get exactly
+                # the samples an uninterrupted run gave them.
+                replies = sample_candidates(model, tokenizer, [q for q, _ in batch], n=n,
+                                            temperature=temperature, max_new_tokens=max_new_tokens,
+                                            seed=seed + index)
+                for key, candidates in zip(batch, replies):
+                    if key not in missing:
+                        continue
+                    accepted, rejected = filter_candidates(first[key], candidates, limit=per_fact)
+                    entry = {"question": key[0], "answer": key[1], "paraphrases": accepted,
+                             "candidates": len(candidates), "rejected": rejected}
+                    results[key] = entry
+                    if handle is not None:
+                        handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                        handle.flush()
+                bar.advance(task, len(missing))
+    finally:
+        if handle is not None:
+            handle.close()

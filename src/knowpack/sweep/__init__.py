@@ -161,14 +161,7 @@ def _run(sweep: SweepConfig, path: Path, points: list[tuple[dict[str, Any], RunC
                 seconds = status.get("seconds") or 0
                 console.print(f"[green]✓[/green] {task.label} ({seconds:.0f} s)", highlight=False)
             else:
-                if code == IN_USE:
-                    error = "another sweep worker holds this run"
-                elif status.get("status") == "failed":
-                    error = status.get("error") or "failed"
-                else:  # killed or crashed before it could record why
-                    error = _why_it_ended(code, note)
-                    write_status(task.run_dir, **{**status, "status": "failed", "error": error})
-                failed[task.run_dir] = error
+                failed[task.run_dir] = error = _failure(task.run_dir, status, code, note)
                 console.print(f"[red]✗[/red] {task.label}: {error} (log: {task.run_dir / LOG})", highlight=False,
                               soft_wrap=True)
             if task.run_dir in runs:
@@ -203,6 +196,17 @@ def _run(sweep: SweepConfig, path: Path, points: list[tuple[dict[str, Any], RunC
                               f"results of the others in {table}; rerun the same command to retry the failed runs",
                               table)
     return table
+
+
+def _failure(run_dir: Path, status: dict[str, Any], code: int, note: str) -> str:
+    """Why a worker's run did not finish; recorded in its status when the worker could not say."""
+    if code == IN_USE:
+        return "another sweep worker holds this run"
+    if status.get("status") == "failed":
+        return status.get("error") or "failed"
+    error = _why_it_ended(code, note)  # killed or crashed before it could record why
+    write_status(run_dir, **{**status, "status": "failed", "error": error})
+    return error
 
 
 def _print_summary(console: Console, runs: dict[Path, tuple[dict[str, Any], str]], failed: dict[Path, str]) -> None:

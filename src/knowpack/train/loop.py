@@ -201,13 +201,8 @@ def train_adapter(model, tokenizer, examples: Sequence[TrainExample], config: Tr
     encoded = [encode_example(tokenizer, ex, config.loss_on) for ex in examples]
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    device = model.device
-    if world > 1 and device.type == "cuda":  # one GPU per process
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    device = _process_device(model, rank, world)
+    optimizer, scheduler = _optimizer(model, config, total_steps)
     stats = TrainStats()
     restored = checkpoints.restore(model, optimizer, scheduler, rng) if checkpoints else None
     if restored is not None:
@@ -240,24 +235,50 @@ def train_adapter(model, tokenizer, examples: Sequence[TrainExample], config: Tr
                     bar.update(task, advance=1, description=f"training (epoch {epoch + 1}, loss {ce:.3f})")
                 stats.seconds += time.perf_counter() - start
                 stats.epoch_losses.append(epoch_loss / steps_per_epoch)
-                epoch_values = {"epoch_loss": stats.epoch_losses[-1]}
-                if on_epoch_end is not None:
-                    model.eval()
-                    score = on_epoch_end(epoch, model)
-                    if score is not None:
-                        stats.epoch_scores.append(float(score))
-                        epoch_values["epoch_score"] = float(score)
-                tracker.log(stats.steps, epoch_values)
+                _score_epoch(epoch, model, stats, on_epoch_end, tracker)
                 if checkpoints is not None and rank == 0:
                     checkpoints.save(epoch + 1, model, optimizer, scheduler, rng,
                                      {k: v for k, v in asdict(stats).items() if k != "resumed_from_epoch"})
     finally:
         tracker.close()
     model.eval()
+    return _finished(stats, device)
+
+
+def _finished(stats: TrainStats, device: torch.device) -> TrainStats:
+    """``stats`` with the whole training's throughput, peak memory and final loss filled in."""
     stats.tokens_per_s = stats.tokens / stats.seconds if stats.seconds else 0.0
     stats.peak_memory_mb = _peak_memory_mb(device)
     stats.final_loss = stats.epoch_losses[-1]
     return stats
+
+
+def _process_device(model, rank: int, world: int) -> torch.device:
+    """The device this process trains on: with several processes on GPUs, one GPU each."""
+    device = model.device
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        model.to(device)
+    return device
+
+
+def _optimizer(model, config: TrainConfig, total_steps: int):
+    """AdamW over the trainable weights, with a linear schedule after ``train.warmup_ratio`` of warm-up."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+
+
+def _score_epoch(epoch: int, model, stats: TrainStats, on_epoch_end, tracker) -> None:
+    """After an epoch: ``on_epoch_end``'s score (model in eval mode) kept in ``stats``, the epoch logged."""
+    values = {"epoch_loss": stats.epoch_losses[-1]}
+    if on_epoch_end is not None:
+        model.eval()
+        score = on_epoch_end(epoch, model)
+        if score is not None:
+            stats.epoch_scores.append(float(score))
+            values["epoch_score"] = float(score)
+    tracker.log(stats.steps, values)
 
 
 def _precompute(model, encoded: Sequence[Row], config: TrainConfig, pad_id: int, device: torch.device,
