@@ -34,12 +34,14 @@ def run(ctx: RunContext, upstream: str) -> str:
     checkpoints = Checkpoints(ctx.run / "checkpoints", key)
 
     def compute():
-        examples, unknown_ids = build_mixture(ctx.facts(), ctx.run.read_table("categories_before.parquet"), c.mixture)
+        facts = ctx.facts()
+        examples, unknown_ids = build_mixture(facts, ctx.run.read_table("categories_before.parquet"), c.mixture)
         ctx.run.write_text("train_set.jsonl", "".join(e.model_dump_json() + "\n" for e in examples))
         ctx.run.write_json("trained_facts.json", unknown_ids)
         model = trainable_model(ctx.model, c.lora, c.train)
         ctx.use_model(model)
-        trained = [f for f in ctx.facts() if f.fact_id in set(unknown_ids)]
+        packed = set(unknown_ids)  # once, not per fact: thousands of facts in a capacity run
+        trained = [f for f in facts if f.fact_id in packed]
         if (latest := checkpoints.latest()) is not None:
             ctx.console.print(f"  resuming from the checkpoint after epoch {latest[0]}")
         stats = train_adapter(model, ctx.tokenizer, examples, c.train,
