@@ -68,6 +68,21 @@ def test_facts_command_writes_jsonl(tmp_path):
                       "facts --max-facts: Input should be greater than or equal to 1")
 
 
+def test_facts_command_starts_from_a_run_configs_facts_section(tmp_path):
+    (tmp_path / "run.yaml").write_text("facts: {source: synthetic, synthetic_count: 12, max_facts: 10, seed: 3}\n")
+    from_file = knowpack("facts", "--config", "run.yaml", "--out", "a.jsonl", cwd=tmp_path)
+    assert from_file.returncode == 0, from_file.stderr
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 10
+    option_wins = knowpack("facts", "--config", "run.yaml", "--max-facts", "4", "--out", "b.jsonl", cwd=tmp_path)
+    assert option_wins.returncode == 0, option_wins.stderr
+    lines = (tmp_path / "b.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and all('"synthetic_' in line for line in lines)
+    (tmp_path / "typo.yaml").write_text("facts: {sorce: synthetic}\n")
+    assert_user_error(knowpack("facts", "--config", "typo.yaml", "--out", "c.jsonl", cwd=tmp_path),
+                      "typo.yaml: unknown key 'facts.sorce'; did you mean 'source'?")
+    assert not (tmp_path / "c.jsonl").exists()
+
+
 def test_missing_benchmark_data_fails_before_any_work(tmp_path):
     result = knowpack("run", "--out", "r", "eval.benchmarks=[truthfulqa]", "eval.truthfulqa_path=nowhere.json",
                       cwd=tmp_path)

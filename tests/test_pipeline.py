@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 from rich.console import Console
 
@@ -103,3 +104,39 @@ def test_eval_any_adapter_from_the_cli(tiny_model_dir, tmp_path, run_cli):
                       *tiny_overrides(tiny_model_dir))
     assert missing.returncode == 2 and "nope: no such adapter folder" in missing.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_eval_adapter_is_the_run_stages_resumed_and_refuses_a_foreign_adapter_up_front(
+        tiny_model_dir, smollm2_tokenizer, tmp_path):
+    from conftest import make_tiny_llama
+
+    from knowpack.config import LoraSettings
+    from knowpack.errors import KnowpackError
+    from knowpack.pipeline import evaluate_adapter
+    from knowpack.train import add_lora
+
+    config = load_config("smoke", overrides=tiny_overrides(tiny_model_dir) + ["eval.forgetting_passages=0"])
+    adapter = tmp_path / "adapter"
+    add_lora(make_tiny_llama(smollm2_tokenizer), LoraSettings(rank=2, target_modules=["down_proj"]),
+             seed=3).save_pretrained(adapter)
+    first = Console(record=True, width=200)
+    evaluate_adapter(config, adapter, tmp_path / "eval", progress=False, console=first)
+    assert [line for line in first.export_text().splitlines() if line.startswith("▶")] == [
+        "▶ facts", "▶ probe_before", "▶ base_eval", "▶ probe_after", "▶ evaluate"]
+    again = Console(record=True, width=200)
+    evaluate_adapter(config, adapter, tmp_path / "eval", progress=False, console=again)
+    resumed = again.export_text()
+    assert "▶" not in resumed and "✓ evaluate: reused" in resumed
+    # a changed adapter under the same path is probed again; the base probe and scores are kept
+    add_lora(make_tiny_llama(smollm2_tokenizer), LoraSettings(rank=2, target_modules=["down_proj"]),
+             seed=4).save_pretrained(adapter)
+    changed = Console(record=True, width=200)
+    evaluate_adapter(config, adapter, tmp_path / "eval", progress=False, console=changed)
+    assert [line for line in changed.export_text().splitlines() if line.startswith("▶")] == [
+        "▶ probe_after", "▶ evaluate"]
+    foreign = tmp_path / "foreign"
+    add_lora(make_tiny_llama(smollm2_tokenizer, layers=3), LoraSettings(rank=2, target_modules=["down_proj"]),
+             seed=3).save_pretrained(foreign)
+    with pytest.raises(KnowpackError, match=r"foreign: adapter for another base model \(model.layers.2.mlp.down_proj"):
+        evaluate_adapter(config, foreign, tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()

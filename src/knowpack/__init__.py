@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_model": "knowpack.models",
     "STAGES": "knowpack.pipeline",
     "run_pipeline": "knowpack.pipeline",
+    "evaluate_adapter": "knowpack.pipeline",
     "build_facts": "knowpack.facts",
     "probe_facts": "knowpack.probe",
     "categorize": "knowpack.probe",

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from knowpack.config import RunConfig, load_config
+from knowpack.config import FactsConfig, RunConfig, SparqlConfig, load_config
 from knowpack.errors import KnowpackError
 from knowpack.rundir import fingerprint
 
@@ -70,6 +70,11 @@ def run(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOpt = N
     typer.echo(str(run_dir))
 
 
+def _with_default(text: str, section, field: str) -> str:
+    # The default shown is the config's, so the CLI never states a second one.
+    return f"{text} (default: {section.model_fields[field].default})"
+
+
 FACTS_OPTIONS = {"max_facts": "--max-facts", "per_relation": "--per-relation", "per_bucket": "--per-bucket",
                  "synthetic_count": "--count", "llm_paraphrases": "--llm-paraphrases", "name_files": "--names",
                  "relations": "--relation", "sparql": "--endpoint/--limit/--page-size/--timeout/--retries"}
@@ -79,31 +84,32 @@ FACTS_OPTIONS = {"max_facts": "--max-facts", "per_relation": "--per-relation", "
 def facts(
     inputs: Annotated[Optional[list[str]], typer.Argument(
         help="input file (dbpedia-dump, jsonl, csv, parquet); or `stats FILE` to count a facts.jsonl")] = None,
-    source: Annotated[str, typer.Option(help="embedded, dbpedia-dump, sparql, jsonl, csv, parquet or synthetic")] = "embedded",
+    source: Annotated[Optional[str], typer.Option(help="embedded, dbpedia-dump, sparql, jsonl, csv, parquet or synthetic")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="facts.jsonl to write")] = Path("facts.jsonl"),
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="start from this run config's facts section (options given here win)")] = None,
     relation: Annotated[Optional[list[str]], typer.Option(help="keep only this relation (repeatable)")] = None,
     names: Annotated[Optional[list[Path]], typer.Option(help="dbpedia-dump: labels/redirects dump (repeatable)")] = None,
     max_facts: Annotated[Optional[int], typer.Option(help="sample size (balanced); all if omitted")] = None,
     per_relation: Annotated[Optional[int], typer.Option(help="at most N facts per relation")] = None,
     per_bucket: Annotated[Optional[int], typer.Option(help="at most N facts per (relation, bucket)")] = None,
-    count: Annotated[int, typer.Option(help="synthetic: how many facts to make up")] = 1000,
-    strict: Annotated[bool, typer.Option(help="stop at the first malformed line instead of skipping it")] = False,
-    lang: Annotated[str, typer.Option(help="label language (dbpedia-dump, sparql)")] = "en",
-    endpoint: Annotated[str, typer.Option(help="sparql: endpoint URL (DBpedia or Wikidata)")] = "https://dbpedia.org/sparql",
-    limit: Annotated[Optional[int], typer.Option(help="sparql: rows per relation")] = 10000,
-    page_size: Annotated[int, typer.Option(help="sparql: rows per request")] = 1000,
-    timeout: Annotated[float, typer.Option(help="sparql: seconds per request")] = 30.0,
-    retries: Annotated[int, typer.Option(help="sparql: tries per request")] = 4,
-    llm_paraphrases: Annotated[int, typer.Option(help="LLM paraphrases per fact (0 = templates only)")] = 0,
-    paraphrase_model: Annotated[str, typer.Option(help="model writing LLM paraphrases")] = "smollm2-135m-instruct",
-    seed: int = 0,
+    count: Annotated[Optional[int], typer.Option(help=_with_default("synthetic: how many facts to make up", FactsConfig, "synthetic_count"))] = None,
+    strict: Annotated[Optional[bool], typer.Option(help="stop at the first malformed line instead of skipping it")] = None,
+    lang: Annotated[Optional[str], typer.Option(help=_with_default("label language (dbpedia-dump, sparql)", FactsConfig, "lang"))] = None,
+    endpoint: Annotated[Optional[str], typer.Option(help=_with_default("sparql: endpoint URL", SparqlConfig, "endpoint"))] = None,
+    limit: Annotated[Optional[int], typer.Option(help=_with_default("sparql: rows per relation", SparqlConfig, "limit"))] = None,
+    page_size: Annotated[Optional[int], typer.Option(help=_with_default("sparql: rows per request", SparqlConfig, "page_size"))] = None,
+    timeout: Annotated[Optional[float], typer.Option(help=_with_default("sparql: seconds per request", SparqlConfig, "timeout"))] = None,
+    retries: Annotated[Optional[int], typer.Option(help=_with_default("sparql: tries per request", SparqlConfig, "retries"))] = None,
+    llm_paraphrases: Annotated[Optional[int], typer.Option(help=_with_default("LLM paraphrases per fact (0: templates only)", FactsConfig, "llm_paraphrases"))] = None,
+    paraphrase_model: Annotated[Optional[str], typer.Option(help=_with_default("model writing LLM paraphrases", FactsConfig, "paraphrase_model"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=_with_default("sampling seed", FactsConfig, "seed"))] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Build question/answer facts and write them to a JSONL file (or: knowpack facts stats FILE)."""
-    from pydantic import ValidationError
+    """Build question/answer facts and write them to a JSONL file (or: knowpack facts stats FILE).
 
-    from knowpack.config import FactsConfig
-    from knowpack.errors import first_problem
+    The options are the ``facts`` section of a run config (`FactsConfig`), whose defaults apply to any left out.
+    """
     from knowpack.facts import build_facts, facts_to_jsonl
     from knowpack.rundir import atomic_path
 
@@ -117,22 +123,35 @@ def facts(
         raise KnowpackError(f"facts: one input file, got {len(inputs)}; pass label/redirect dumps with --names")
     if out.is_dir():
         raise KnowpackError(f"--out {out}: is a directory; give the facts.jsonl file to write")
-    try:
-        settings = FactsConfig(
-            source=source, path=inputs[0] if inputs else None, name_files=[str(p) for p in names or []],
-            relations=relation or [], lang=lang, strict=strict, synthetic_count=count, max_facts=max_facts,
-            per_relation=per_relation, per_bucket=per_bucket, llm_paraphrases=llm_paraphrases,
-            paraphrase_model=paraphrase_model, seed=seed,
-            sparql={"endpoint": endpoint, "limit": limit, "page_size": page_size, "timeout": timeout, "retries": retries})
-    except ValidationError as err:
-        _, first = first_problem(err)
-        option = FACTS_OPTIONS.get(str(first["loc"][0]), f"--{first['loc'][0]}")
-        raise KnowpackError(f"facts {option}: {first['msg']} (got {first.get('input')!r})") from err
-    built = build_facts(settings, progress=not quiet)
+    given = {"source": source, "path": inputs[0] if inputs else None, "name_files": [str(p) for p in names or []] or None,
+             "relations": relation or None, "lang": lang, "strict": strict, "synthetic_count": count,
+             "max_facts": max_facts, "per_relation": per_relation, "per_bucket": per_bucket,
+             "llm_paraphrases": llm_paraphrases, "paraphrase_model": paraphrase_model, "seed": seed,
+             "sparql": {"endpoint": endpoint, "limit": limit, "page_size": page_size, "timeout": timeout,
+                        "retries": retries}}
+    built = build_facts(_facts_settings(config, given), progress=not quiet)
     with atomic_path(out) as temp:
         temp.write_text(facts_to_jsonl(built), encoding="utf-8")
     relations = {f.relation for f in built}
     console.print(f"{len(built)} facts over {len(relations)} relations → {out}")
+
+
+def _facts_settings(config_file: Optional[Path], given: dict):
+    """`FactsConfig` from the options given (None: left out) over ``config_file``'s facts section, or over the
+    defaults with every fact kept (no ``max_facts`` sample) when there is no file."""
+    from pydantic import ValidationError
+
+    from knowpack.errors import first_problem
+
+    base = load_config("default", config_file).facts.model_dump() if config_file else {"max_facts": None}
+    settings = {**base, **{k: v for k, v in given.items() if v is not None and k != "sparql"}}
+    settings["sparql"] = {**base.get("sparql", {}), **{k: v for k, v in given["sparql"].items() if v is not None}}
+    try:
+        return FactsConfig.model_validate(settings)
+    except ValidationError as err:
+        _, first = first_problem(err)
+        option = FACTS_OPTIONS.get(str(first["loc"][0]), f"--{first['loc'][0]}")
+        raise KnowpackError(f"facts {option}: {first['msg']} (got {first.get('input')!r})") from err
 
 
 def print_facts_stats(path: Path) -> None:
@@ -196,11 +215,11 @@ def evaluate(preset: PresetOpt = "default", config: ConfigOpt = None, out: OutOp
              ) -> None:
     """Probe the adapted model and write metrics.json (runs earlier stages if needed)."""
     if adapter is not None:
-        from knowpack.evaluate import evaluate_adapter
+        from knowpack.pipeline import evaluate_adapter
 
         settings = _resolve(preset, config, overrides)
         run_dir = evaluate_adapter(settings, adapter, out or Path("runs") / f"eval-{adapter.resolve().name}",
-                                   progress=not quiet)
+                                   progress=not quiet, console=console)
     else:
         run_dir = _run_until("evaluate", preset, config, out, overrides, quiet)
     print_summary(run_dir)

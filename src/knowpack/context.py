@@ -31,6 +31,7 @@ class RunContext:
     progress: bool = True
     reuse_from: list[RunDir] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per computed (not reused) stage
+    adapter: Path | None = None  # an outside adapter (``eval --adapter``) in place of the run's trained one
     _model: Any = None
     tokenizer: Any = None
 
@@ -52,12 +53,14 @@ class RunContext:
         self._model = None
 
     def adapted_model(self):
-        """The base model with the run's adapter (loaded from adapter/ or finetuned/ when training was reused)."""
+        """The base model with the run's adapter (loaded from adapter/ or finetuned/ when training was reused),
+        or with `adapter` when one is given."""
         from knowpack.train.lora import load_adapter
         from knowpack.train.stage import trained_dir_name
 
         if not hasattr(self.model, "disable_adapter"):
-            self._model = load_adapter(self.model, self.run / trained_dir_name(self.config.train))
+            folder = self.adapter or self.run / trained_dir_name(self.config.train)
+            self._model = load_adapter(self.model, folder)
             self._model.eval()
         return self._model
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
@@ -57,3 +57,36 @@ def read_json_file(path: Path) -> Any:
     except UnicodeDecodeError as err:
         raise KnowpackError(f"{path}: not UTF-8 text ({err.reason})") from err
     return _loads(text, str(path))
+
+
+def read_append_log(path: Path, valid: Callable[[Any], bool]) -> tuple[list[Any], int | None]:
+    """The records of a JSON Lines file a program appends to as it works (a cache), and the byte offset to
+    truncate it at before the next append (None: nothing to cut).
+
+    A corrupt or unterminated last line (a run killed mid-write) is ignored with a warning and cut off; a
+    corrupt line elsewhere is ignored with a warning. ``valid`` says whether a parsed record is usable.
+    """
+    from knowpack.errors import warn
+
+    if not path.is_file():
+        return [], None
+    lines = path.read_bytes().splitlines(keepends=True)
+    records, offset, cut = [], 0, None
+    for number, raw in enumerate(lines, start=1):
+        start, offset = offset, offset + len(raw)
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        last = number == len(lines)
+        if not valid(record) or (last and not raw.endswith(b"\n")):
+            if last:
+                warn(f"{path}:{number}: ignored an incomplete last line (an interrupted run); it is regenerated")
+                cut = start
+            else:
+                warn(f"{path}:{number}: ignored a corrupt line")
+            continue
+        records.append(record)
+    return records, cut

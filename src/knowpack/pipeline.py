@@ -29,6 +29,11 @@ from knowpack.report import stage as report
 from knowpack.rundir import RunDir
 from knowpack.train import check_target_modules, check_train_settings
 from knowpack.train import stage as train
+from knowpack.train.lora import (
+    check_adapter_files,
+    check_adapter_fits,
+    is_full_model_folder,
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,16 @@ RECIPE = (
 
 STAGES = tuple(stage.name for stage in RECIPE)
 
+# ``knowpack eval --adapter DIR``: the same stages for an adapter knowpack did not train. Nothing is trained,
+# so the after-probe covers every fact and the evaluation has no trained facts (all are held out).
+ADAPTER_RECIPE = (
+    *RECIPE[:3],
+    Stage("probe_after", probe.outside_adapter, "facts.jsonl, the outside adapter",
+          "probe_after.parquet, categories_after.parquet"),
+    Stage("evaluate", evaluate.outside_adapter, "probe tables, benchmarks_base.json, the outside adapter",
+          "metrics.json"),
+)
+
 
 def preflight(config: RunConfig) -> None:
     """Everything that can fail before the first stage, checked before the run directory exists."""
@@ -83,10 +98,30 @@ def run_pipeline(config: RunConfig, out: str | Path, *, until: str = "report", p
         raise ValueError(f"until must be one of {STAGES}")
     preflight(config)  # a typo or missing data leaves nothing half-made
     ctx = RunContext(config, RunDir(out), console or Console(stderr=True), progress, reuse_dirs(reuse_from))
+    return _run_stages(ctx, RECIPE[:STAGES.index(until) + 1])
+
+
+def evaluate_adapter(config: RunConfig, adapter_dir: str | Path, out: str | Path, *, progress: bool = True,
+                     console: Console | None = None) -> Path:
+    """Evaluate any PEFT adapter (or fine-tuned model folder) for ``config.model`` into ``out``
+    (``knowpack eval --adapter DIR``): `ADAPTER_RECIPE`, resumable like a run. The base model is probed and
+    scored before the adapter is attached; an adapter stored as a pickle, or made for a different base
+    model, is refused before any work."""
+    adapter_dir = Path(adapter_dir)
+    check_adapter_files(adapter_dir)
+    skeleton = check_model_settings(config.model)
+    if not is_full_model_folder(adapter_dir):
+        check_adapter_fits(skeleton, adapter_dir)
+    check_benchmark_data(config.eval)
+    ctx = RunContext(config, RunDir(out), console or Console(stderr=True), progress, adapter=adapter_dir)
+    return _run_stages(ctx, ADAPTER_RECIPE)
+
+
+def _run_stages(ctx: RunContext, stages: tuple[Stage, ...]) -> Path:
     with ctx.run.lock():
         ctx.console.print(f"run directory: {ctx.run.path}")
-        ctx.run.write_text("config.yaml", config_to_yaml(config))
+        ctx.run.write_text("config.yaml", config_to_yaml(ctx.config))
         key = ""
-        for stage in RECIPE[:STAGES.index(until) + 1]:
+        for stage in stages:
             key = stage.run(ctx, key)
     return ctx.run.path

@@ -36,6 +36,16 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def file_stamp(path: Path) -> list:
+    """Size and modification time of a user's input file, or of every file in a folder (an adapter): part of a
+    stage's key, so a file changed under the same path is not mistaken for the one a finished stage read."""
+    path = Path(path)
+    if path.is_dir():
+        return [[p.relative_to(path).as_posix(), *file_stamp(p)] for p in sorted(path.rglob("*")) if p.is_file()]
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def try_lock(path: Path) -> IO[str] | None:
     """``path`` opened (created if missing) with an exclusive lock held on it; None if another process holds it.
 

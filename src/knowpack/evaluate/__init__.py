@@ -15,7 +15,7 @@ from knowpack.evaluate.knowledge import (answer_stats, exploded_answers, knowled
                                         shift_reasons)
 from knowpack.rundir import RunDir
 
-__all__ = ["BENCHMARKS_BASE", "answer_stats", "benchmark_settings", "check_benchmark_data", "evaluate_adapter", "evaluate_run", "knowledge_shift", "locality",
+__all__ = ["BENCHMARKS_BASE", "answer_stats", "benchmark_settings", "check_benchmark_data", "evaluate_outside_adapter", "evaluate_run", "knowledge_shift", "locality",
            "reliability", "run_benchmarks"]
 
 
@@ -134,50 +134,22 @@ def model_change_metrics(adapted_model, tokenizer, config: EvalConfig, questions
     return metrics
 
 
-def evaluate_adapter(config, adapter_dir: str | Path, out: str | Path, *, progress: bool = True) -> Path:
-    """Evaluate any PEFT adapter (``knowpack eval --adapter DIR``) against its base model.
+def evaluate_outside_adapter(run: RunDir, adapted_model, tokenizer, config: EvalConfig,
+                             benchmarks_base: dict[str, float], adapter_dir: Path, progress: bool = True) -> dict:
+    """The metrics of an adapter knowpack did not train (``eval --adapter``): knowledge ``shift`` and
+    ``answers`` over every fact (none was trained here, so all are held out), ``benchmarks`` /
+    ``benchmarks_base``, and ``forgetting`` and ``token_shift`` when enabled."""
+    from knowpack.facts import read_facts
 
-    In:  a `RunConfig` (base model, facts, probe and eval settings) and a PEFT adapter folder.
-    Out: ``out/`` with config.yaml, facts.jsonl, probe and category tables before/after, and
-         metrics.json: knowledge ``shift`` and ``answers`` over all the facts (none was trained
-         here, so all are held out), ``benchmarks`` / ``benchmarks_base`` and ``forgetting``.
-    The base model is probed and scored before the adapter is attached; an adapter made for a
-    different base model, or stored as a pickle, is refused before any work.
-    """
-    from knowpack.config import config_to_yaml
-    from knowpack.facts import build_facts, facts_to_jsonl
-    from knowpack.models import check_model_settings, load_configured_model
-    from knowpack.probe import categorize, probe_facts
-    from knowpack.train.lora import check_adapter_files, load_adapter
-
-    adapter_dir = Path(adapter_dir)
-    check_adapter_files(adapter_dir)
-    check_model_settings(config.model)
-    check_benchmark_data(config.eval)
-    run = RunDir(out)
-    with run.lock():
-        run.write_text("config.yaml", config_to_yaml(config))
-        facts = build_facts(config.facts, progress=progress)
-        run.write_text("facts.jsonl", facts_to_jsonl(facts))
-        model, tokenizer = load_configured_model(config.model)
-        rows_before = probe_facts(model, tokenizer, facts, config.probe, progress=progress, description="probing base")
-        benchmarks_base = run_benchmarks(model, tokenizer, config.eval, progress)
-        adapted = load_adapter(model, adapter_dir)
-        adapted.eval()
-        rows_after = probe_facts(adapted, tokenizer, facts, config.probe, progress=progress,
-                                 description="probing adapted")
-        cats_before, cats_after = categorize(rows_before), categorize(rows_after)
-        for name, table in (("probe_before.parquet", rows_before), ("probe_after.parquet", rows_after),
-                            ("categories_before.parquet", cats_before), ("categories_after.parquet", cats_after)):
-            run.write_table(name, table)
-        metrics = {
-            "adapter": str(adapter_dir.resolve()),
-            "shift": knowledge_shift(cats_before, cats_after),
-            "answers": answer_stats(rows_before, rows_after),
-            "benchmarks": run_benchmarks(adapted, tokenizer, config.eval, progress),
-            "benchmarks_base": benchmarks_base,
-            "n_heldout_facts": len(facts),
-        }
-        metrics.update(model_change_metrics(adapted, tokenizer, config.eval, [f.question for f in facts]))
-        run.write_json("metrics.json", metrics)
-    return run.path
+    rows_before, rows_after = run.read_table("probe_before.parquet"), run.read_table("probe_after.parquet")
+    questions = [f.question for f in read_facts(run / "facts.jsonl")]
+    metrics = {
+        "adapter": str(adapter_dir.resolve()),
+        "shift": knowledge_shift(run.read_table("categories_before.parquet"), run.read_table("categories_after.parquet")),
+        "answers": answer_stats(rows_before, rows_after),
+        "benchmarks": run_benchmarks(adapted_model, tokenizer, config, progress),
+        "benchmarks_base": benchmarks_base,
+        "n_heldout_facts": len(questions),
+    }
+    metrics.update(model_change_metrics(adapted_model, tokenizer, config, questions))
+    return metrics

@@ -4,6 +4,8 @@
 ``run``        In: the probe tables before and after, ``trained_facts.json``, ``train_stats.json``,
                ``benchmarks_base.json``, the adapted model.  Out: ``metrics.json`` (keys in DESIGN.md) and
                ``capacity.parquet`` (`evaluate_run`).
+``outside_adapter``  (``eval --adapter``) In: the probe tables of every fact before and after, ``benchmarks_base.json``,
+               the outside adapter on the base model.  Out: ``metrics.json`` (`evaluate_outside_adapter`).
 ``adapter_shift``  (``knowpack shift``) In: any PEFT adapter, prompts.  Out: its token shift (no run directory).
 """
 
@@ -14,7 +16,8 @@ from pathlib import Path
 from knowpack.config import RunConfig
 from knowpack.context import RunContext
 from knowpack.continual.rounds import ROUNDS
-from knowpack.evaluate import BENCHMARKS_BASE, benchmark_settings, evaluate_run, run_benchmarks
+from knowpack.evaluate import (BENCHMARKS_BASE, benchmark_settings, evaluate_outside_adapter, evaluate_run,
+                               run_benchmarks)
 from knowpack.errors import KnowpackError
 from knowpack.rundir import fingerprint
 
@@ -45,6 +48,14 @@ def run(ctx: RunContext, upstream: str) -> str:
             ctx.console.print(f"  capacity: {note}")  # said once, kept in metrics.json too
 
     ctx.step("evaluate", key, ["metrics.json", "capacity.parquet"], compute)
+    return key
+
+
+def outside_adapter(ctx: RunContext, upstream: str) -> str:
+    key = fingerprint("evaluate", upstream, ctx.config.eval.model_dump())
+    ctx.step("evaluate", key, ["metrics.json"], lambda: ctx.run.write_json("metrics.json", evaluate_outside_adapter(
+        ctx.run, ctx.adapted_model(), ctx.tokenizer, ctx.config.eval, ctx.run.read_json(BENCHMARKS_BASE),
+        ctx.adapter, progress=ctx.progress)))
     return key
 
 

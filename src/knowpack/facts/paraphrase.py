@@ -31,9 +31,10 @@ from pathlib import Path
 
 import torch
 
-from knowpack.errors import KnowpackError, warn
+from knowpack.errors import KnowpackError
 from knowpack.facts.popularity import normalize_alias
 from knowpack.facts.schema import Fact
+from knowpack.jsonio import read_append_log
 
 # Bump when the prompt, the cleaning or the filter changes: it is part of the cache file's name.
 PROMPT_VERSION = 1
@@ -224,35 +225,10 @@ def _valid_entry(entry: object) -> bool:
 
 
 def read_cache(path: Path) -> tuple[dict[tuple[str, str], dict], int | None]:
-    """Cached entries by (question, answer), and the byte offset to cut a corrupt trailing line at.
-
-    A corrupt last line (a run killed mid-write) is ignored with a warning and cut off before the
-    next append; a corrupt line elsewhere is ignored with a warning.
-    """
-    entries: dict[tuple[str, str], dict] = {}
-    if not path.is_file():
-        return entries, None
-    data = path.read_bytes()
-    lines = data.splitlines(keepends=True)
-    offset, cut = 0, None
-    for number, raw in enumerate(lines, start=1):
-        start, offset = offset, offset + len(raw)
-        if not raw.strip():
-            continue
-        try:
-            entry = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            entry = None
-        last = number == len(lines)
-        if not _valid_entry(entry) or (last and not raw.endswith(b"\n")):
-            if last:
-                warn(f"{path}:{number}: ignored an incomplete last line (an interrupted run); it is regenerated")
-                cut = start
-            else:
-                warn(f"{path}:{number}: ignored a corrupt line")
-            continue
-        entries[(entry["question"], entry["answer"])] = entry
-    return entries, cut
+    """Cached entries by (question, answer), and the byte offset to cut a half-written last line at
+    (`knowpack.jsonio.read_append_log`)."""
+    entries, cut = read_append_log(path, _valid_entry)
+    return {(entry["question"], entry["answer"]): entry for entry in entries}, cut
 
 
 # --- sampling -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from knowpack.errors import KnowpackError
 from knowpack.jsonio import read_json_lines
 from knowpack.facts.schema import Fact
 from knowpack.probe.judge import clean_answer
-from knowpack.rundir import RunDir, fingerprint
+from knowpack.rundir import RunDir, file_stamp, fingerprint
 
 _FIELD_PAIRS = (("question", "answer"), ("prompt", "completion"), ("instruction", "output"))
 
@@ -92,7 +92,7 @@ def run_audit(config: RunConfig, data: str | Path, out: str | Path, *, progress:
     facts = read_qa_dataset(data)  # bad lines fail here, before the model loads
     check_model_settings(config.model)
     ctx = RunContext(config, RunDir(out), console or Console(stderr=True), progress)
-    stamp = [str(data.resolve()), data.stat().st_size, data.stat().st_mtime_ns]
+    stamp = [str(data.resolve()), *file_stamp(data)]
     key = fingerprint("audit", stamp, config.model.model_dump(), config.probe.model_dump())
 
     def compute():

@@ -5,6 +5,9 @@
             Out: ``probe_after.parquet`` and ``categories_after.parquet`` (the trained facts, then a sample
             of held-out ones, `knowpack.facts.sampling.heldout_facts`), ``probe_generalization.parquet`` (the trained facts asked
             with a paraphrase never trained on).
+``outside_adapter``  (``eval --adapter``) In: ``facts.jsonl``, an outside adapter on the base model.
+            Out: ``probe_after.parquet`` and ``categories_after.parquet`` over every fact (none was trained
+            here, so all are held out).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from knowpack.continual.plan import paraphrases_trained
 from knowpack.facts import Fact
 from knowpack.facts.sampling import heldout_facts
 from knowpack.probe import categorize, probe_facts
-from knowpack.rundir import fingerprint
+from knowpack.rundir import file_stamp, fingerprint
 
 
 def before(ctx: RunContext, upstream: str) -> str:
@@ -52,6 +55,20 @@ def after(ctx: RunContext, upstream: str) -> str:
 
     ctx.step("probe_after", key, ["probe_after.parquet", "categories_after.parquet", "probe_generalization.parquet"],
              compute)
+    return key
+
+
+def outside_adapter(ctx: RunContext, upstream: str) -> str:
+    """The after-probe of ``eval --adapter``: every fact, under ``ctx.adapter`` (keyed by its files' stamps)."""
+    key = fingerprint("probe_after", upstream, str(ctx.adapter.resolve()), file_stamp(ctx.adapter))
+
+    def compute():
+        rows = probe_facts(ctx.adapted_model(), ctx.tokenizer, ctx.facts(), ctx.config.probe,
+                           progress=ctx.progress, description="probing adapted model")
+        ctx.run.write_table("probe_after.parquet", rows)
+        ctx.run.write_table("categories_after.parquet", categorize(rows))
+
+    ctx.step("probe_after", key, ["probe_after.parquet", "categories_after.parquet"], compute)
     return key
 
 

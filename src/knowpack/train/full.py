@@ -26,7 +26,7 @@ class FullFinetune:
     """A fine-tuned model with its frozen base; inside ``disable_adapter()`` calls go to the base."""
 
     def __init__(self, tuned, base=None):
-        self.__dict__.update(tuned=tuned, base=base, _active=tuned)
+        self.tuned, self.base, self._active = tuned, base, tuned
 
     @classmethod
     def prepare(cls, model, keep_base: bool) -> "FullFinetune":
@@ -48,11 +48,11 @@ class FullFinetune:
             raise KnowpackError("full fine-tuning: no copy of the base model was kept; the base distribution "
                                 "is unavailable (internal: FullFinetune.prepare(keep_base=True))")
         previous = self._active
-        self.__dict__["_active"] = self.base
+        self._active = self.base
         try:
             yield
         finally:
-            self.__dict__["_active"] = previous
+            self._active = previous
 
     def to(self, *args, **kwargs) -> "FullFinetune":
         self.tuned.to(*args, **kwargs)
@@ -66,8 +66,33 @@ class FullFinetune:
     def __call__(self, *args, **kwargs):
         return self._active(*args, **kwargs)
 
-    def __getattr__(self, name: str):
-        return getattr(self.__dict__["_active"], name)
+    # The part of a causal LM's surface that knowpack's stages use, each sent to the active model. Listed, not
+    # forwarded wholesale, so a stage that needs more fails with an AttributeError naming it, and `hasattr`
+    # answers for this class (no ``merge_adapter``: probing has no adapter to merge).
+    @property
+    def config(self):
+        return self._active.config
+
+    @property
+    def device(self):
+        return self._active.device
+
+    @property
+    def training(self) -> bool:
+        return self._active.training
+
+    def train(self, mode: bool = True) -> "FullFinetune":
+        self._active.train(mode)
+        return self
+
+    def eval(self) -> "FullFinetune":
+        return self.train(False)
+
+    def parameters(self, recurse: bool = True):
+        return self._active.parameters(recurse)
+
+    def named_parameters(self, *args, **kwargs):
+        return self._active.named_parameters(*args, **kwargs)
 
 
 def load_finetuned(base_model, folder: Path) -> FullFinetune:
