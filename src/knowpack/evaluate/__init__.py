@@ -179,5 +179,7 @@ def evaluate_adapter(config, adapter_dir: str | Path, out: str | Path, *, progre
             "n_heldout_facts": len(facts),
         }
         metrics.update(model_change_metrics(adapted, tokenizer, config.eval, [f.question for f in facts]))
-        run.write_json("metrics.json", metrics)
+        from knowpack.artifacts import Metrics, checked
+
+        run.write_json("metrics.json", checked(metrics, Metrics, "metrics.json"))
     return run.path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from knowpack.artifacts import BenchmarkScores, Metrics, checked, validated
 from knowpack.config import RunConfig
 from knowpack.context import RunContext
 from knowpack.continual.rounds import ROUNDS
@@ -27,8 +28,9 @@ def base_eval(ctx: RunContext, upstream: str) -> str:
     later stages never read these scores, and runs made before this stage existed stay reusable.
     """
     key = fingerprint("base_eval", ctx.config.model.model_dump(), benchmark_settings(ctx.config.eval))
-    ctx.step("base_eval", key, [BENCHMARKS_BASE], lambda: ctx.run.write_json(
-        BENCHMARKS_BASE, run_benchmarks(ctx.model, ctx.tokenizer, ctx.config.eval, progress=ctx.progress)))
+    ctx.step("base_eval", key, [BENCHMARKS_BASE], lambda: ctx.run.write_json(BENCHMARKS_BASE, checked(
+        run_benchmarks(ctx.model, ctx.tokenizer, ctx.config.eval, progress=ctx.progress), BenchmarkScores,
+        BENCHMARKS_BASE)))
     return upstream
 
 
@@ -40,8 +42,9 @@ def run(ctx: RunContext, upstream: str) -> str:
                                ctx.run.read_json(BENCHMARKS_BASE), progress=ctx.progress)
         if ctx.config.rounds:
             metrics.update(ctx.run.read_json(ROUNDS))  # "rounds" (a row per round) and "continual"
+        capacity = validated(metrics, Metrics, "metrics.json").capacity
         ctx.run.write_json("metrics.json", metrics)
-        if note := metrics["capacity"].get("note") or metrics["capacity"].get("bits_undefined"):
+        if capacity is not None and (note := capacity.note or capacity.bits_undefined):
             ctx.console.print(f"  capacity: {note}")  # said once, kept in metrics.json too
 
     ctx.step("evaluate", key, ["metrics.json", "capacity.parquet"], compute)
