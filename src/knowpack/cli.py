@@ -51,10 +51,10 @@ def _run_until(until: str, preset, config_file, out, overrides, quiet) -> Path:
 
 
 def print_summary(run_dir: Path) -> None:
+    from knowpack.artifacts import Metrics, read_artifact
     from knowpack.report import summary_rows
-    from knowpack.rundir import RunDir
 
-    metrics = RunDir(run_dir).read_json("metrics.json")
+    metrics = read_artifact(run_dir / "metrics.json", Metrics)
     table = Table(title="knowpack summary", show_header=False)
     for name, value in summary_rows(metrics):
         table.add_row(name, value)

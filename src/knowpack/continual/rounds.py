@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from rich.console import Console
 
+from knowpack.artifacts import RoundRow, RoundsFile, TrainedFacts, TrainStats, checked
 from knowpack.config import RunConfig
 from knowpack.continual.plan import RoundPlan
 from knowpack.continual.stack import stack_adapters
@@ -167,7 +168,7 @@ class Rounds:
     def __call__(self, number: int, key: str) -> None:
         """Round ``number`` whole: train, measure, write its row last (the stage is done once all are written)."""
         row = self.measure(number, self.train(number, key))
-        self.run.write_json(f"{round_dir(number)}/round.json", row)
+        self.run.write_json(f"{round_dir(number)}/round.json", checked(row, RoundRow, "round.json"))
 
     def remove_checkpoints(self, number: int, key: str) -> None:
         if not self.config.train.keep_checkpoints:
@@ -183,19 +184,22 @@ class Rounds:
         rows = [self.run.read_json(f"{round_dir(k)}/round.json") for k in range(1, len(self.plans) + 1)]
         examples = [e for plan in self.plans for e in plan.examples]
         self.run.write_text("train_set.jsonl", "".join(e.model_dump_json() + "\n" for e in examples))
-        self.run.write_json("trained_facts.json", [i for plan in self.plans for i in plan.new_ids])
+        self.run.write_json("trained_facts.json", checked([i for plan in self.plans for i in plan.new_ids],
+                                                          TrainedFacts, "trained_facts.json"))
         with atomic_dir(self.run / self.trained_name) as staging:
             shutil.copytree(self.state_dir(len(self.plans)), staging, dirs_exist_ok=True)
         seconds, tokens = sum(r["train"]["seconds"] for r in rows), sum(r["train"]["tokens"] for r in rows)
-        self.run.write_json("train_stats.json", {
+        stats = {
             "steps": sum(r["train"]["steps"] for r in rows), "tokens": tokens, "seconds": seconds,
             "tokens_per_s": tokens / seconds if seconds else 0.0,
             "peak_memory_mb": max(r["train"]["peak_memory_mb"] for r in rows),
             "final_loss": rows[-1]["train"]["final_loss"],
             # Every round's epochs in order: the curves of the whole continual run.
             "epoch_losses": [x for r in rows for x in r["epoch_losses"]],
-            "reliability_by_epoch": [x for r in rows for x in r["reliability_by_epoch"]]})
-        self.run.write_json(ROUNDS, {"rounds": rows, "continual": continual_summary(rows, self.config)})
+            "reliability_by_epoch": [x for r in rows for x in r["reliability_by_epoch"]]}
+        self.run.write_json("train_stats.json", checked(stats, TrainStats, "train_stats.json"))
+        self.run.write_json(ROUNDS, checked({"rounds": rows, "continual": continual_summary(rows, self.config)},
+                                            RoundsFile, ROUNDS))
         if self.config.train.export_merged:
             base, tokenizer = self.load_base()
             with atomic_dir(self.run / "merged") as staging:

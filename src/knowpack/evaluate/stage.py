@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from knowpack.artifacts import BenchmarkScores, Metrics, checked, validated
 from knowpack.config import RunConfig
 from knowpack.context import RunContext
 from knowpack.continual.rounds import ROUNDS
@@ -30,8 +31,9 @@ def base_eval(ctx: RunContext, upstream: str) -> str:
     later stages never read these scores, and runs made before this stage existed stay reusable.
     """
     key = fingerprint("base_eval", ctx.config.model.model_dump(), benchmark_settings(ctx.config.eval))
-    ctx.step("base_eval", key, [BENCHMARKS_BASE], lambda: ctx.run.write_json(
-        BENCHMARKS_BASE, run_benchmarks(ctx.model, ctx.tokenizer, ctx.config.eval, progress=ctx.progress)))
+    ctx.step("base_eval", key, [BENCHMARKS_BASE], lambda: ctx.run.write_json(BENCHMARKS_BASE, checked(
+        run_benchmarks(ctx.model, ctx.tokenizer, ctx.config.eval, progress=ctx.progress), BenchmarkScores,
+        BENCHMARKS_BASE)))
     return upstream
 
 
@@ -43,8 +45,9 @@ def run(ctx: RunContext, upstream: str) -> str:
                                ctx.run.read_json(BENCHMARKS_BASE), progress=ctx.progress)
         if ctx.config.rounds:
             metrics.update(ctx.run.read_json(ROUNDS))  # "rounds" (a row per round) and "continual"
+        capacity = validated(metrics, Metrics, "metrics.json").capacity
         ctx.run.write_json("metrics.json", metrics)
-        if note := metrics["capacity"].get("note") or metrics["capacity"].get("bits_undefined"):
+        if capacity is not None and (note := capacity.note or capacity.bits_undefined):
             ctx.console.print(f"  capacity: {note}")  # said once, kept in metrics.json too
 
     ctx.step("evaluate", key, ["metrics.json", "capacity.parquet"], compute)
@@ -53,9 +56,10 @@ def run(ctx: RunContext, upstream: str) -> str:
 
 def outside_adapter(ctx: RunContext, upstream: str) -> str:
     key = fingerprint("evaluate", upstream, ctx.config.eval.model_dump())
-    ctx.step("evaluate", key, ["metrics.json"], lambda: ctx.run.write_json("metrics.json", evaluate_outside_adapter(
-        ctx.run, ctx.adapted_model(), ctx.tokenizer, ctx.config.eval, ctx.run.read_json(BENCHMARKS_BASE),
-        ctx.adapter, progress=ctx.progress)))
+    ctx.step("evaluate", key, ["metrics.json"], lambda: ctx.run.write_json("metrics.json", checked(
+        evaluate_outside_adapter(ctx.run, ctx.adapted_model(), ctx.tokenizer, ctx.config.eval,
+                                 ctx.run.read_json(BENCHMARKS_BASE), ctx.adapter, progress=ctx.progress),
+        Metrics, "metrics.json")))
     return key
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from knowpack.artifacts import Metrics, as_metrics, read_artifact
 from knowpack.errors import KnowpackError
 from knowpack.report.page import render_html, render_markdown_page
 from knowpack.report.run import run_sections, summary_rows
@@ -22,22 +23,23 @@ from knowpack.rundir import RunDir
 __all__ = ["render_markdown", "summary_rows", "write_any_report", "write_report", "write_sweep_report"]
 
 
-def _run_intro(metrics: dict, config: dict) -> str:
-    if "adapter" in metrics:
-        return f"Adapter `{metrics['adapter']}` on model `{config['model']['name']}`, {metrics.get('n_heldout_facts')} facts probed."
-    return (f"Model `{config['model']['name']}`, {metrics.get('n_trained_facts')} Unknown facts trained, "
-            f"{metrics.get('n_heldout_facts')} held-out facts re-probed. Figures are in report.html.")
+def _run_intro(metrics: Metrics, config: dict) -> str:
+    if metrics.adapter is not None:
+        return f"Adapter `{metrics.adapter}` on model `{config['model']['name']}`, {metrics.n_heldout_facts} facts probed."
+    return (f"Model `{config['model']['name']}`, {metrics.n_trained_facts} Unknown facts trained, "
+            f"{metrics.n_heldout_facts} held-out facts re-probed. Figures are in report.html.")
 
 
-def render_markdown(metrics: dict, config: dict, run_dir: Path | None = None) -> str:
+def render_markdown(metrics: Metrics | dict, config: dict, run_dir: Path | None = None) -> str:
     """The run report as Markdown (tables; figures are named and live in report.html)."""
+    metrics = as_metrics(metrics)
     return render_markdown_page("knowpack run report", _run_intro(metrics, config), run_sections(metrics, config, run_dir))
 
 
 def write_report(run: RunDir | str | Path) -> tuple[Path, Path]:
     """Write report.md and report.html for a finished run; returns their paths."""
     run = run if isinstance(run, RunDir) else RunDir(run)
-    metrics = run.read_json("metrics.json")
+    metrics = read_artifact(run / "metrics.json", Metrics)
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     sections = run_sections(metrics, config, run.path)
     intro = _run_intro(metrics, config)

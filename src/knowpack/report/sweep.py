@@ -1,27 +1,33 @@
 """The report of a sweep: metrics aggregated over seeds, against N, with the fitted laws.
 
-In:  the results table (`knowpack.sweep.results`) and the sweep directory (per-run ``metrics.json`` for
-     what the table leaves out: reliability by epoch, transitions, answers, shift reasons).
+In:  the results table (`knowpack.sweep.results`) and the sweep directory (per-run ``metrics.json``, read as
+     `knowpack.artifacts.Metrics`, for what the table leaves out: reliability by epoch, transitions, answers,
+     shift reasons, retention).
 Out: an intro line and `Section`s: summary (with failed runs), continual packing (when the runs have rounds), reliability vs N and vs epoch, capacity in
      bits per parameter (when the runs have it), knowledge shift, answers, exploded answers and shift reasons, benchmark deltas (mean ± sd over seeds),
      forgetting, token shift, locality (when the runs have it), laws with their data points, configuration.
+     The capacity, bits-per-parameter and laws parts live in `knowpack.report.sweep_laws`.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from knowpack.laws import FORGETTING, N_FIELD, _is_seed, fit_laws, reliability_curve, varying_fields
-from knowpack.laws.show import TITLES, law_rows
+from knowpack.artifacts import Metrics, as_metrics, read_artifact
+from knowpack.laws import FORGETTING, N_FIELD, _is_seed, fit_laws, varying_fields
 from knowpack.probe.categories import CATEGORIES
 from knowpack.report import plots
 from knowpack.report.page import Section, md_table
+from knowpack.report.run import present
+from knowpack.report.sweep_laws import bits_section as _bits
+from knowpack.report.sweep_laws import capacity_fits, laws_section
 
 __all__ = ["sweep_sections"]
 
@@ -76,12 +82,12 @@ def _mean_pm(values: pd.Series) -> str:
     return _pm(numbers.mean(), numbers.std())
 
 
-def _metrics(sweep_dir: Path, done: pd.DataFrame) -> dict[str, dict]:
+def _metrics(sweep_dir: Path, done: pd.DataFrame) -> dict[str, Metrics]:
     found = {}
     for run_id, run_dir in zip(done["run_id"], done["run_dir"]):
         path = sweep_dir / run_dir / "metrics.json"
         if path.is_file():
-            found[run_id] = json.loads(path.read_text(encoding="utf-8"))
+            found[run_id] = read_artifact(path, Metrics)
     return found
 
 
@@ -114,23 +120,9 @@ def _summary(table: pd.DataFrame, done: pd.DataFrame, sweep_dir: Path) -> Sectio
     return Section("summary", "Summary", text)
 
 
-def _reliability(done: pd.DataFrame, metrics: dict[str, dict], laws: dict) -> Section:
+def _reliability(done: pd.DataFrame, metrics: dict[str, Metrics], laws: dict) -> Section:
     series = _versus_n(done, "reliability")
-    curves, capacities = {}, []
-    for entry in laws.get("capacity", []):
-        rows = done
-        for field, value in entry.get("fields", {}).items():
-            rows = rows[rows[f"config.{field}"].astype(str) == str(value)]
-        if "error" in entry or rows.empty or rows["series"].iloc[0] not in series:
-            continue
-        name = rows["series"].iloc[0]
-        top, n50, k = (entry["params"][p]["value"] for p in ("top", "n50", "k"))
-        xs = np.geomspace(min(series[name][0]), max(series[name][0]), 100)
-        curves[f"fit: {name}"] = (xs, reliability_curve(xs, top, n50, k))
-        interval = entry["capacity_ci95"]
-        capacities.append([name, f"{entry['capacity']:.3g}" + (f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else ""),
-                           "—" if entry["capacity_observed"] is None else f"{entry['capacity_observed']:g}",
-                           entry.get("warning") or ""])
+    curves, capacities = capacity_fits(done, series, laws)
     table = done.assign(n=pd.to_numeric(done[N_FIELD]))
     rows = [[name, int(n), _mean_pm(group["reliability"])]
             for (name, n), group in table.groupby(["series", "n"], sort=False)]
@@ -147,7 +139,7 @@ def _reliability(done: pd.DataFrame, metrics: dict[str, dict], laws: dict) -> Se
                                            ylim=(-0.02, 1.02), curves=curves))
     by_epoch: dict[str, list[list[float]]] = {}
     for run_id, label in zip(done["run_id"], done["configuration"]):
-        curve = metrics.get(run_id, {}).get("reliability_by_epoch")
+        curve = metrics[run_id].reliability_by_epoch if run_id in metrics else None
         if curve:
             by_epoch.setdefault(label, []).append(curve)
     lines = {}
@@ -161,45 +153,7 @@ def _reliability(done: pd.DataFrame, metrics: dict[str, dict], laws: dict) -> Se
     return section
 
 
-ANCHORS = ("Published anchors: about 2 bits per parameter for full training at 1,000 exposures, about 1 at 100 "
-           "(Allen-Zhu & Li 2024, arXiv 2404.05405); direct LoRA measurements 0.05–0.4 bits per trainable parameter.")
-
-
-def _bits(laws: dict) -> Section | None:
-    """Bits stored against trainable parameters (`knowpack.laws.bits`): a table per group and one figure each."""
-    entries = laws.get("bits_per_param") or []
-    if not entries:
-        return None
-    section = Section("bits", "Capacity in bits per parameter",
-                      "Bits stored in the trained facts (after minus before training; Allen-Zhu & Li Def. 4.3, "
-                      "`metrics.json[\"capacity\"]`): for each adapter size the most it stored over the tested N "
-                      "(mean over seeds). ≥ marks an adapter whose most bits came at the largest N tested, so it "
-                      "may hold more. " + ANCHORS)
-    for entry in entries:
-        rows = [[a["rank"], f"{a['trainable_params']:,}", f"{a['bits_stored']:.4g}", f"{a['n_unknown']:g}",
-                 ("≥ " if a["at_largest_n"] else "") + f"{a['bits_per_param']:.3g}", a["runs"]]
-                for a in entry["adapters"]]
-        if "error" in entry:
-            fit = f"No slope fitted: {entry['error']}."
-        else:
-            slope = entry["params"]["slope"]
-            fit = (f"Fitted {entry['formula']}: slope {slope['value']:.3g} bits/param "
-                   f"(95% CI {slope['ci95'][0]:.3g} to {slope['ci95'][1]:.3g}; R² {entry['r2']:.3f}).")
-        section.text += (f"\n\n**{entry['group']}** (model `{entry.get('model')}`). {fit}\n\n"
-                         + md_table(["rank", "trainable params", "most bits stored", "at N", "bits/param", "runs"], rows))
-        if "error" not in entry:
-            x = [a["trainable_params"] for a in entry["adapters"]]
-            y = [a["bits_stored"] for a in entry["adapters"]]
-            xs = np.geomspace(min(x), max(x), 50)
-            section.figures.append(plots.scatter_fit(x, y, "trainable adapter parameters (log scale)",
-                                                     "most bits stored (over N)",
-                                                     f"Bits stored vs trainable parameters ({entry['group']}); "
-                                                     f"dashed: {slope['value']:.3g} bits/param", curve=(xs, slope["value"] * xs),
-                                                     logx=True))
-    return section
-
-
-def _shift(done: pd.DataFrame, metrics: dict[str, dict]) -> Section:
+def _shift(done: pd.DataFrame, metrics: dict[str, Metrics]) -> Section:
     section = Section("shift", "Knowledge shift on held-out facts", "")
     rows = []
     for label in done["configuration"].unique():
@@ -213,7 +167,7 @@ def _shift(done: pd.DataFrame, metrics: dict[str, dict]) -> Section:
                                                f"{name} knowledge shift vs N (mean ± sd over seeds)", logx=True))
     matrix = np.zeros((len(CATEGORIES), len(CATEGORIES)))
     for m in metrics.values():
-        transitions = m.get("shift", {}).get("transitions", {})
+        transitions = m.shift.transitions if m.shift else {}
         for i, old in enumerate(CATEGORIES):
             for j, new in enumerate(CATEGORIES):
                 matrix[i, j] += transitions.get(old, {}).get(new, 0)
@@ -236,17 +190,18 @@ def _base_answers(sweep_dir: Path, top: int = 15) -> list[tuple[str, int]]:
     return counts.most_common(top)
 
 
-def _answers(metrics: dict[str, dict], sweep_dir: Path) -> Section:
+def _answers(metrics: dict[str, Metrics], sweep_dir: Path) -> Section:
     top: Counter = Counter()
     exploded: dict[str, list[int]] = {}
     reasons = {"positive": Counter(), "negative": Counter()}
     for m in metrics.values():
-        answers = m.get("answers", {})
-        top.update({a: n for a, n in answers.get("top_after", [])})
-        for answer, _, after in answers.get("exploded", []):
-            exploded.setdefault(answer, []).append(after)
-        for direction in reasons:
-            reasons[direction].update(m.get("shift_reasons", {}).get(direction, {}))
+        if m.answers:
+            top.update({a: n for a, n in m.answers.top_after})
+            for answer, _, after in m.answers.exploded:
+                exploded.setdefault(answer, []).append(after)
+        if m.shift_reasons:
+            reasons["positive"].update(m.shift_reasons.positive)
+            reasons["negative"].update(m.shift_reasons.negative)
     before, after = _base_answers(sweep_dir), top.most_common(15)
     rows = [[i + 1, *(before[i] if i < len(before) else ["", ""]), *(after[i] if i < len(after) else ["", ""])]
             for i in range(max(len(before), len(after)))]
@@ -311,18 +266,19 @@ CONTINUAL_COLUMNS = [("continual.first_round_after_own", "round 1 after its roun
                      ("continual.backward_transfer", "backward transfer"), (FORGETTING, "forgetting (CE vs base)")]
 
 
-def _continual(done: pd.DataFrame, metrics: dict[str, dict]) -> Section | None:
+def _continual(done: pd.DataFrame, metrics: Mapping[str, Metrics | dict]) -> Section | None:
     """Sweeps of continual runs: how each configuration keeps earlier rounds (reliability on each round's facts
     at the end, backward transfer) and the fading of round 1's facts round after round, as a figure."""
     if "continual.backward_transfer" not in done or not done["continual.backward_transfer"].notna().any():
         return None
     columns = [(m, name) for m, name in CONTINUAL_COLUMNS if m in done]
+    typed = {run_id: as_metrics(m) for run_id, m in metrics.items()}
     rows, fading = [], {}
     for label in done["configuration"].unique():
         group = done[done["configuration"] == label]
         rows.append([label, len(group), *(_mean_pm(group[m]) for m, _ in columns)])
-        curves = [[row[0] for row in metrics[run_id]["continual"]["retention"]]
-                  for run_id in group["run_id"] if metrics.get(run_id, {}).get("continual")]
+        curves = [[row[0] for row in typed[run_id].continual.retention]
+                  for run_id in group["run_id"] if run_id in typed and present(typed[run_id].continual)]
         if curves and len({len(c) for c in curves}) == 1:
             stacked = np.array(curves, dtype=float)
             fading[label] = (list(range(1, stacked.shape[1] + 1)), list(stacked.mean(0)), list(stacked.std(0)))
@@ -333,44 +289,6 @@ def _continual(done: pd.DataFrame, metrics: dict[str, dict]) -> Section | None:
     if fading and len(fading) <= MAX_LINES:
         section.figures.append(plots.lines(fading, "after round", "reliability on round 1's facts",
                                            "Round 1's facts after each round (mean ± sd over seeds)", ylim=(0, 1.05)))
-    return section
-
-
-def _laws(laws: dict) -> Section:
-    section = Section("laws", "Fitted laws", md_table(["law", "fit (95% CI)", "points", "note"], law_rows(laws)))
-    for key, front in laws.get("pareto", {}).items():
-        if front:
-            cost = [c for c in front[0] if c not in ("config", "reliability", "runs")][0]
-            section.text += (f"\n\nPareto front, {key.replace('_', ' ')} (best configurations, mean over seeds):\n\n"
-                             + md_table(["#", "configuration", "reliability", cost, "runs"],
-                                        [[i, p["config"], f"{p['reliability']:.3f}", f"{p[cost]:.4g}", p["runs"]]
-                                         for i, p in enumerate(front, start=1)]))
-    axes = {"train.final_loss": "final fine-tuning loss (nats/token)", "trained_params": "trained adapter parameters",
-            "train.steps": "optimizer steps"}
-    for name, fit in laws["fits"].items():
-        if "error" in fit:
-            continue
-        x, y = (np.array([p[i] for p in fit["points"]]) for i in (0, 1))
-        xs = np.linspace(x.min(), x.max(), 100)
-        p = {k: v["value"] for k, v in fit["params"].items()}
-        ys = p["slope"] * xs + p["intercept"] if "slope" in p else p["A"] * xs ** p["alpha"] + p["B"]
-        section.figures.append(plots.scatter_fit(x, y, axes.get(fit["x"], fit["x"]),
-                                                 "forgetting: CE vs base (nats/token)",
-                                                 f"{TITLES.get(name, name)}: {fit['formula']}", curve=(xs, ys),
-                                                 logx=name != "forgetting_vs_loss"))
-    for key, front in laws.get("pareto", {}).items():
-        points = laws.get("_configurations")
-        if points is None or not front:
-            continue
-        cost = [c for c in front[0] if c not in ("config", "reliability", "runs")][0]
-        on_front = {item["config"] for item in front}
-        labels = list(points["label"])
-        section.figures.append(plots.scatter_fit(
-            list(points[cost]), list(points["reliability"]),
-            "negative shift (share of held-out facts)" if cost == "shift.negative" else "forgetting: CE vs base (nats/token)",
-            "reliability (share correct)", f"Pareto front: reliability vs {cost} (mean over seeds; #k: k-th "
-                                           "configuration of the front, best reliability first)",
-            highlight=[i for i, label in enumerate(labels) if label in on_front], labels=labels))
     return section
 
 
@@ -418,7 +336,7 @@ def sweep_sections(table: pd.DataFrame, sweep_dir: Path, target: float = 0.95) -
                           for k in ("unshifted", "marginal", "shifted")}
                 section.figures.append(plots.stacked_shares(list(done["configuration"].unique()), shares,
                                                             "share of generated tokens", "Token shift per configuration"))
-        sections.append(_laws(laws))
+        sections.append(laws_section(laws))
     spec = sweep_dir / "sweep.yaml"
     if spec.is_file():
         sections.append(Section("configuration", "Configuration", "```yaml\n" + spec.read_text(encoding="utf-8") + "```"))

@@ -1,7 +1,8 @@
 """The sweep's results table: one row per run, rebuilt from the run directories.
 
 In:  a sweep directory: ``runs/<id>/`` each with ``sweep_task.json`` (grid point and resolved config),
-     ``status.json`` (pending / queued / running / done / failed, error, seconds) and, when done, ``metrics.json``.
+     ``status.json`` (pending / queued / running / done / failed, error, seconds) and, when done, ``metrics.json``
+     (each read as its model in `knowpack.artifacts`).
 Out: ``results.parquet``: ``schema_version``, ``run_id``, ``status``, ``error``, ``seconds``, ``run_dir``,
      the grid fields (dotted names), every resolved config field as ``config.<dotted>``, the flattened
      scalar metrics (dotted) and ``trained_params`` (read from the adapter's safetensors header).
@@ -17,7 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from knowpack.artifacts import Metrics, RunStatus, SweepRuns, SweepTask, checked, parse_artifact, read_artifact
 from knowpack.errors import KnowpackError, warn
+from knowpack.jsonio import read_json_file
 from knowpack.rundir import RunDir, atomic_path
 
 __all__ = ["RESULTS", "SCHEMA_VERSION", "collect_rows", "flatten_metrics", "load_results", "read_results",
@@ -59,7 +62,7 @@ def trained_params(adapter_dir: Path) -> int | None:
 
 
 def write_status(run_dir: Path, **status: Any) -> None:
-    RunDir(run_dir).write_json(STATUS, status)
+    RunDir(run_dir).write_json(STATUS, checked(status, RunStatus, STATUS))
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -71,22 +74,24 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 def run_row(sweep_dir: Path, run_dir: Path) -> dict[str, Any]:
     """One results row from a run directory (its task file says which grid point it is)."""
-    task = json.loads((run_dir / TASK).read_text(encoding="utf-8"))
-    status = read_status(run_dir)
-    row: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "run_id": run_dir.name,
-                           "status": status.get("status", "pending"), "error": status.get("error"),
-                           "seconds": status.get("seconds"), "run_dir": str(run_dir.relative_to(sweep_dir))}
-    row.update({key: _cell(value) for key, value in task["point"].items()})
-    row.update({f"config.{key}": _cell(value) for key, value in flatten_metrics(task["config"]).items()})
-    row.update({f"config.{key}": _cell(value) for key, value in _lists(task["config"]).items()})
+    task = read_artifact(run_dir / TASK, SweepTask)
+    status = parse_artifact(read_status(run_dir), RunStatus, run_dir / STATUS)
+    row: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "run_id": run_dir.name, "status": status.status,
+                           "error": status.error, "seconds": status.seconds,
+                           "run_dir": str(run_dir.relative_to(sweep_dir))}
+    row.update({key: _cell(value) for key, value in task.point.items()})
+    row.update({f"config.{key}": _cell(value) for key, value in flatten_metrics(task.config).items()})
+    row.update({f"config.{key}": _cell(value) for key, value in _lists(task.config).items()})
     metrics_file = run_dir / "metrics.json"
-    if row["status"] == "done" and metrics_file.is_file():
-        row.update(flatten_metrics(RunDir(run_dir).read_json("metrics.json")))
+    if status.status == "done" and metrics_file.is_file():
+        written = read_json_file(metrics_file)
+        metrics = parse_artifact(written, Metrics, metrics_file)
+        row.update(flatten_metrics(written))  # the columns are the file's own keys and values, as written
         row["trained_params"] = trained_params(run_dir / "adapter")
-        if task["config"].get("rounds") and "n_trained_facts" in row:
+        if task.config.get("rounds") and metrics.n_trained_facts is not None:
             # With rounds, mixture.n_unknown only fills in a round's default: the run's N, against which the
             # laws and the report put it, is the Unknown facts of all its rounds together.
-            row["config.mixture.n_unknown"] = row["n_trained_facts"]
+            row["config.mixture.n_unknown"] = metrics.n_trained_facts
     return row
 
 
@@ -105,7 +110,7 @@ def collect_rows(sweep_dir: Path, run_dirs: list[Path] | None = None) -> pd.Data
     """The results table for ``run_dirs`` (default: every run directory under ``sweep_dir/runs``)."""
     if run_dirs is None:
         listed = sweep_dir / "sweep.json"  # the runs of the sweep's current grid, in grid order
-        run_dirs = ([sweep_dir / "runs" / name for name in json.loads(listed.read_text(encoding="utf-8"))["runs"]]
+        run_dirs = ([sweep_dir / "runs" / name for name in read_artifact(listed, SweepRuns).runs]
                     if listed.is_file() else sorted(p.parent for p in (sweep_dir / "runs").glob(f"*/{TASK}")))
         run_dirs = [d for d in run_dirs if (d / TASK).is_file()]
     return pd.DataFrame([run_row(sweep_dir, run_dir) for run_dir in run_dirs])

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
+from knowpack.artifacts import TrainedFacts, TrainStats, checked
 from knowpack.config import LoraSettings, RunConfig, TrainConfig
 from knowpack.context import RunContext
 from knowpack.errors import KnowpackError
@@ -37,7 +38,7 @@ def run(ctx: RunContext, upstream: str) -> str:
         facts = ctx.facts()
         examples, unknown_ids = build_mixture(facts, ctx.run.read_table("categories_before.parquet"), c.mixture)
         ctx.run.write_text("train_set.jsonl", "".join(e.model_dump_json() + "\n" for e in examples))
-        ctx.run.write_json("trained_facts.json", unknown_ids)
+        ctx.run.write_json("trained_facts.json", checked(unknown_ids, TrainedFacts, "trained_facts.json"))
         model = trainable_model(ctx.model, c.lora, c.train)
         ctx.use_model(model)
         packed = set(unknown_ids)  # once, not per fact: thousands of facts in a capacity run
@@ -54,7 +55,8 @@ def run(ctx: RunContext, upstream: str) -> str:
             with atomic_dir(ctx.run / "merged") as staging:
                 export_merged(ctx.model, ctx.run / trained_dir, staging, ctx.tokenizer)
             ctx.forget_model()  # merging consumed it
-        ctx.run.write_json("train_stats.json", {**asdict(stats), "reliability_by_epoch": stats.epoch_scores})
+        ctx.run.write_json("train_stats.json", checked({**asdict(stats), "reliability_by_epoch": stats.epoch_scores},
+                                                       TrainStats, "train_stats.json"))
 
     outputs = ["train_set.jsonl", "trained_facts.json", trained_dir, "train_stats.json"]
     ctx.step("train", key, outputs + (["merged"] if c.train.export_merged else []), compute)
