@@ -20,7 +20,8 @@ def test_grid_product_joined_fields_and_variants():
 
 @pytest.mark.parametrize("name, runs", [("reproduce-cpu", 36), ("reproduce-paper", 90), ("regularizers-cpu", 6),
                                         ("continual-cpu", 7), ("capacity-cpu", 24),
-                                        ("reproduce-rank1-cpu", 12), ("lora-vs-full-lr-cpu", 9)])
+                                        ("reproduce-rank1-cpu", 12), ("lora-vs-full-lr-cpu", 9),
+                                        ("regularizers-variants-cpu", 144)])
 def test_shipped_sweeps_resolve_by_name(name, runs):
     assert name in shipped_sweeps()
     path = sweep_path(name)
@@ -48,6 +49,14 @@ def test_shipped_sweeps_resolve_by_name(name, runs):
         assert sorted((c.train.method, c.lora.rank if c.train.method == "lora" else None) for _, c in points) == [
             ("full", None)] * 3 + [("lora", 1)] * 2 + [("lora", 8)] * 2 + [("lora", 64)] * 2
         assert {c.mixture.n_unknown for _, c in points} == {100}
+    if name == "regularizers-variants-cpu":  # 3 regularizers × 4 variants × 2 ranks; 24 runs per N and seed
+        variants = {(c.lora.use_rslora, c.lora.use_dora, c.lora.init) for _, c in points}
+        assert variants == {(False, False, "default"), (True, False, "default"), (False, True, "default"),
+                            (False, False, "pissa")}
+        assert {c.train.regularizer for _, c in points} == {"none", "kl", "mask-target"}
+        assert all(c.train.reg_lambda == 0.1 for _, c in points)
+        first = [c for _, c in points[:24]]
+        assert {(c.mixture.n_unknown, c.train.seed) for c in first} == {(50, 42)}
     if name == "continual-cpu":  # 5 rounds of 50 facts; continue and stack with and without 20% replay
         assert all([r.n_unknown for r in c.rounds] == [50] * 5 for _, c in points)
         assert sorted((c.continual.strategy, max(r.replay for r in c.rounds)) for _, c in points) == [
@@ -103,7 +112,7 @@ def test_cli_errors_for_sweeps_are_one_line(run_cli, tmp_path):
          "unknown field 'mixture.n_unknwn'; did you mean 'mixture.n_unknown'?"),
         (["sweep", "--config", "reproduce-gpu", "--out", str(tmp_path / "b")],
          "no shipped sweep config of that name (shipped: capacity-cpu, continual-cpu, lora-vs-full-lr-cpu, "
-         "regularizers-cpu, reproduce-cpu, reproduce-paper, reproduce-rank1-cpu)"),
+         "regularizers-cpu, regularizers-variants-cpu, reproduce-cpu, reproduce-paper, reproduce-rank1-cpu)"),
         (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "c"), "--workers", "0"],
          "--workers 0: give at least 1"),
         (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "d"), "--executor", "slurm"],
