@@ -93,6 +93,20 @@ def tiny_gemma_dir(tmp_path_factory, gemma_tokenizer):
     return path
 
 
+def knowpack_run_subprocess(out, *args: str, timeout: int):
+    """``knowpack run --preset smoke --out OUT --quiet ARGS`` in a fresh interpreter, offline: (result, seconds)."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "knowpack", "run", "--preset", "smoke", "--out", str(out),
+                             "--quiet", *args], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, time.perf_counter() - start
+
+
 @pytest.fixture()
 def tiny_model(smollm2_tokenizer):
     return make_tiny_llama(smollm2_tokenizer)

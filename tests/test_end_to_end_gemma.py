@@ -2,15 +2,11 @@
 smaller than the smoke preset so it stays about two minutes on 2 CPU cores (the smoke preset itself: README)."""
 
 import json
-import os
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
 
-from conftest import needs_gemma
+from conftest import knowpack_run_subprocess, needs_gemma
 
 pytestmark = [pytest.mark.slow, needs_gemma]
 
@@ -22,12 +18,8 @@ TINY_SMOKE = ["model.name=gemma3-270m", "facts.max_facts=20", "probe.num_prompts
 @pytest.fixture(scope="module")
 def gemma_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gemma") / "run"
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "knowpack", "run", "--preset", "smoke", "--out", str(out),
-                             "--quiet", *TINY_SMOKE], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result, time.perf_counter() - start
+    result, seconds = knowpack_run_subprocess(out, *TINY_SMOKE, timeout=600)
+    return out, result, seconds
 
 
 def test_every_stage_runs_quietly_on_gemma(gemma_run):
