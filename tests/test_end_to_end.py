@@ -1,13 +1,11 @@
 """`knowpack run --preset smoke` on the real embedded SmolLM2-135M-Instruct, end to end from the CLI."""
 
 import json
-import os
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
+
+from conftest import knowpack_run_subprocess
 
 pytestmark = pytest.mark.slow
 
@@ -15,12 +13,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "run"
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "knowpack", "run", "--preset", "smoke", "--out", str(out),
-                             "--quiet"], capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result, time.perf_counter() - start
+    result, seconds = knowpack_run_subprocess(out, timeout=900)
+    return out, result, seconds
 
 
 def test_smoke_run_prints_summary_and_run_dir(smoke_run):

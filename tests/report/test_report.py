@@ -243,3 +243,14 @@ def test_figures_with_very_long_configuration_names_render_without_a_warning():
     series = {f"{name}, seed={k}": ([1, 2], [0.1 * k, 0.2], None) for k in range(3)}
     figure = plots.lines(series, "round", "reliability", "long names")
     assert figure.png.startswith(b"\x89PNG")
+
+
+def test_answers_in_scripts_the_font_lacks_plot_without_a_warning():
+    import warnings
+
+    from knowpack.report.plots import bars
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = bars(["서울", "東京", "पटना", "Paris"], [3, 2, 1, 1], "answers", "top answers")
+    assert figure.png.startswith(b"\x89PNG")

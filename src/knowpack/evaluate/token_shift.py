@@ -38,10 +38,10 @@ import torch
 
 from knowpack.errors import KnowpackError, warn
 from knowpack.lm import eval_mode
-from knowpack.lm.cache import extend, left_padded
+from knowpack.lm.cache import extend, left_padded, rows_within_budget
 from knowpack.lm.decode import DecodeSettings, generate_with_prefix
 from knowpack.lm.kl import kl_rows
-from knowpack.probe.prompts import format_prompt
+from knowpack.probe.prompts import format_prompt, uses_chat_template
 
 STYLE_TOKENS_FILE = Path(__file__).resolve().parent / "data" / "style_tokens.txt"
 KL_PERCENTILES = (50, 90, 95, 99)
@@ -51,12 +51,13 @@ NO_SHIFTED_WORDS = "no shifted token with a word (letters or digits)"
 
 
 @torch.no_grad()
-def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 8,
+def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int | None = None,
                 top: int = 10, training_texts: list[str] | None = None) -> dict:
     """Shares of unshifted / marginal / shifted tokens in the tuned model's greedy answers.
 
     ``training_texts``: the training set's questions and answers, for the copied share (None: not
-    known, e.g. an outside adapter; ``copied`` is then None).
+    known, e.g. an outside adapter; ``copied`` is then None). ``batch_size``: prompts per forward; None
+    sizes it to the vocabulary (`rows_within_budget`: up to 8), since every answer position is scored.
     """
     if not prompts:
         raise KnowpackError("token shift: no prompts to answer")
@@ -70,6 +71,8 @@ def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens:
             raise KnowpackError(f"token shift: no prompt fits in the model's {limit} positions; use shorter prompts")
         prompts = fits
     encoded = [_encode_bare(tokenizer, p) for p in prompts]
+    if batch_size is None:
+        batch_size = rows_within_budget(adapted_model, max(map(len, encoded)) + max_new_tokens, most=8)
     # The tuned model's greedy answers, through the LM core: the prompts' common start (the chat
     # template's system turn) runs once.
     shared = min(len(os.path.commonprefix(encoded)), min(map(len, encoded)) - 1)
@@ -100,8 +103,13 @@ def token_shift(adapted_model, tokenizer, prompts: list[str], *, max_new_tokens:
 
 
 def _encode_bare(tokenizer, prompt: str) -> list[int]:
-    """A prompt's ids as the user's own request (no system turn or labels of knowpack's own)."""
-    return tokenizer(format_prompt(tokenizer, prompt, bare=True), add_special_tokens=False).input_ids
+    """A prompt's ids as the user's own request (no system turn or labels of knowpack's own).
+
+    A chat template writes its own BOS; a plain prompt gets the tokenizer's default special tokens
+    (Gemma's BOS, without which the model is lost), as the probe's plain prompts do.
+    """
+    chat = uses_chat_template(tokenizer)
+    return tokenizer(format_prompt(tokenizer, prompt, bare=True), add_special_tokens=not chat).input_ids
 
 
 def _score_answers(adapted_model, tokenizer, encoded: list[list[int]], answers: list[list[int]], batch_size: int,

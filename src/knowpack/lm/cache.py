@@ -37,6 +37,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 CACHE_ARG = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
+# One [rows, tokens, vocab] float32 logits tensor of a measurement that keeps every position (forgetting,
+# token shift) stays under this; they hold about five such tensors at once. A 262k-token vocabulary
+# (Gemma 3) is five times SmolLM2's 49k, so the same batch would need five times the memory.
+LOGITS_BUDGET_MB = 256
+
 
 def cache_kwargs(cache) -> dict:
     """``{CACHE_ARG: cache}`` for a model call: ``model(input_ids=..., **cache_kwargs(cache))``."""
@@ -61,6 +66,12 @@ def can_reuse_cache(model) -> bool:
     except Exception:  # configs without cache metadata: callers fall back to full sequences
         return False
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def rows_within_budget(model, tokens_per_row: int, most: int) -> int:
+    """Rows per batch (1 to ``most``) whose float32 logits over the vocabulary fit in `LOGITS_BUDGET_MB`."""
+    row_bytes = max(tokens_per_row, 1) * causal_lm(model).config.vocab_size * 4
+    return max(1, min(most, LOGITS_BUDGET_MB * 2**20 // row_bytes))
 
 
 def _takes_logits_to_keep(model) -> bool:

@@ -27,7 +27,7 @@ from knowpack.lm.cache import (
     extend,
     prefix_keys_values,
 )
-from knowpack.lm.prefix_attention import shared_prefix_attention, supports_shared_prefix
+from knowpack.lm.prefix_attention import note_plain_path, shared_prefix_attention, supports_shared_prefix
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,8 @@ def generate_with_prefix(model, prefix_ids: Sequence[int], suffixes: Sequence[Se
         return []
     suffixes = [list(s) for s in suffixes]
     order = sorted(range(len(suffixes)), key=lambda i: -len(suffixes[i]))
+    if shared_prefix and prefix_ids:
+        note_plain_path(model)
     with eval_mode(model), torch.no_grad():
         if not can_reuse_cache(model):
             whole = [list(prefix_ids) + s for s in suffixes]

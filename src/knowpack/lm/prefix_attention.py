@@ -12,11 +12,13 @@ the result is exact up to float rounding.
 
 Registered with transformers' `AttentionInterface` under `NAME`; `shared_prefix_attention(model)` switches
 a model to it for a block and back. Models it does not fit (sliding windows, soft-capping, attention
-without ``layer_idx``) keep the plain path: see `supports_shared_prefix`.
+without ``layer_idx``) keep the plain path: see `supports_shared_prefix`; `note_plain_path` logs why,
+once per process and model class, in the words of the model's config (the CLI prints it as a ``note:``).
 """
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -26,6 +28,9 @@ from knowpack.lm.cache import can_reuse_cache, causal_lm
 
 NAME = "knowpack_shared_prefix"
 SUPPORTED_BASES = ("sdpa", "eager")
+
+_log = logging.getLogger(__name__)
+_noted: set[str] = set()  # reasons already logged in this process
 
 
 def shared_prefix_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -72,6 +77,34 @@ def supports_shared_prefix(model) -> bool:
         return False
     attention = [m for m in causal_lm(model).modules() if hasattr(m, "num_key_value_groups")]
     return len(attention) == getattr(config, "num_hidden_layers", -1) and all(hasattr(m, "layer_idx") for m in attention)
+
+
+def plain_path_reason(model) -> str | None:
+    """Why shared-prefix attention is not used for ``model`` (None when it is), in the words of its config."""
+    if supports_shared_prefix(model):
+        return None
+    lm = causal_lm(model)
+    config = lm.config
+    if getattr(config, "sliding_window", None):
+        why = f"sliding-window attention (window {config.sliding_window} tokens)"
+    elif getattr(config, "attn_logit_softcapping", None):
+        why = "soft-capped attention logits"
+    elif getattr(config, "_attn_implementation", None) not in SUPPORTED_BASES:
+        why = f"attention implementation {config._attn_implementation}"
+    else:
+        why = "a key/value cache or attention layers it does not fit"
+    how = ("each batch runs on its own copy of the prompt prefix's cache" if can_reuse_cache(model) else
+           "each prompt runs whole, prefix included, on the model's own cache")
+    return (f"{type(lm).__name__} has {why}, which shared-prefix attention does not support; {how} "
+            "(same answers, slower)")
+
+
+def note_plain_path(model) -> None:
+    """Log `plain_path_reason` once per process (a no-op for models on the shared-prefix path)."""
+    reason = plain_path_reason(model)
+    if reason is not None and reason not in _noted:
+        _noted.add(reason)
+        _log.info("%s", reason)
 
 
 @contextmanager

@@ -23,7 +23,7 @@ import torch
 from knowpack.errors import KnowpackError
 from knowpack.lm import eval_mode
 from knowpack.lm.cache import Past, can_reuse_cache, extend, prefix_keys_values
-from knowpack.lm.prefix_attention import shared_prefix_attention, supports_shared_prefix
+from knowpack.lm.prefix_attention import note_plain_path, shared_prefix_attention, supports_shared_prefix
 
 Request = tuple[str, str]  # (context, continuation)
 Encoded = tuple[list[int], list[int]]  # (context ids, continuation ids)
@@ -42,6 +42,8 @@ def loglikelihood(model, tokenizer, requests: Sequence[Request], *, batch_size: 
     special = leading_special_ids(tokenizer)
     encoded = [encode_request(tokenizer, context, continuation, special, limit) for context, continuation in unique]
     advance = progress or (lambda n: None)
+    if reuse_prefix:
+        note_plain_path(model)
     with eval_mode(model), torch.inference_mode():
         if reuse_prefix and can_reuse_cache(model):
             scores = _score_shared(model, encoded, batch_size, advance)

@@ -7,6 +7,7 @@ Figures are built with `matplotlib.figure.Figure` (no pyplot global state), so n
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -66,7 +67,11 @@ def _legend(axes) -> None:
 
 def _png(figure, caption: str) -> Figure:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    with warnings.catch_warnings():
+        # A multilingual model's answers (Gemma's vocabulary: Hangul, CJK, Devanagari, …) can hold glyphs the
+        # bundled font lacks; the figure still renders (a box per glyph) and the tables beside it hold the text.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        figure.savefig(buffer, format="png")
     return Figure(buffer.getvalue(), caption)
 
 
