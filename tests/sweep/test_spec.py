@@ -20,7 +20,7 @@ def test_grid_product_joined_fields_and_variants():
 
 @pytest.mark.parametrize("name, runs", [("reproduce-cpu", 36), ("reproduce-paper", 90), ("regularizers-cpu", 6),
                                         ("continual-cpu", 7), ("capacity-cpu", 24),
-                                        ("reproduce-rank1-cpu", 12), ("lora-vs-full-lr-cpu", 9),
+                                        ("reproduce-rank1-cpu", 12), ("lora-vs-full-lr-cpu", 9), ("lora-vs-full-cpu", 24),
                                         ("regularizers-variants-cpu", 144)])
 def test_shipped_sweeps_resolve_by_name(name, runs):
     assert name in shipped_sweeps()
@@ -49,6 +49,13 @@ def test_shipped_sweeps_resolve_by_name(name, runs):
         assert sorted((c.train.method, c.lora.rank if c.train.method == "lora" else None) for _, c in points) == [
             ("full", None)] * 3 + [("lora", 1)] * 2 + [("lora", 8)] * 2 + [("lora", 64)] * 2
         assert {c.mixture.n_unknown for _, c in points} == {100}
+    if name == "lora-vs-full-cpu":  # the search's chosen rates × N 100 and 10 × 3 seeds, seed outermost
+        assert {(c.train.method, c.lora.rank, c.train.lr) for _, c in points} == {
+            ("full", 8, 1e-4), ("lora", 1, 3e-3), ("lora", 8, 1e-3), ("lora", 64, 1e-3)}
+        assert {(c.mixture.n_unknown, c.train.seed) for _, c in points[:8]} == {(100, 42), (10, 42)}
+        search = sweep_path("lora-vs-full-lr-cpu")
+        searched = {config.model_dump_json() for _, config in resolve_points(load_sweep(search), search)}
+        assert sum(config.model_dump_json() in searched for _, config in points) == 4  # adopted, not rerun
     if name == "regularizers-variants-cpu":  # 3 regularizers × 4 variants × 2 ranks; 24 runs per N and seed
         variants = {(c.lora.use_rslora, c.lora.use_dora, c.lora.init) for _, c in points}
         assert variants == {(False, False, "default"), (True, False, "default"), (False, True, "default"),
@@ -111,8 +118,8 @@ def test_cli_errors_for_sweeps_are_one_line(run_cli, tmp_path):
         (["sweep", "--config", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "a")],
          "unknown field 'mixture.n_unknwn'; did you mean 'mixture.n_unknown'?"),
         (["sweep", "--config", "reproduce-gpu", "--out", str(tmp_path / "b")],
-         "no shipped sweep config of that name (shipped: capacity-cpu, continual-cpu, lora-vs-full-lr-cpu, "
-         "regularizers-cpu, regularizers-variants-cpu, reproduce-cpu, reproduce-paper, reproduce-rank1-cpu)"),
+         "no shipped sweep config of that name (shipped: capacity-cpu, continual-cpu, lora-vs-full-cpu, "
+         "lora-vs-full-lr-cpu, regularizers-cpu, regularizers-variants-cpu, reproduce-cpu, reproduce-paper, reproduce-rank1-cpu)"),
         (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "c"), "--workers", "0"],
          "--workers 0: give at least 1"),
         (["sweep", "--config", "reproduce-cpu", "--out", str(tmp_path / "d"), "--executor", "slurm"],
