@@ -2,9 +2,10 @@
 
 In:  the results table (`knowpack.sweep.results`) and the sweep directory (per-run ``metrics.json``, read as
      `knowpack.artifacts.Metrics`, for what the table leaves out: reliability by epoch, transitions, answers,
-     shift reasons, retention).
+     shift reasons, retention) and, for example answers, the runs' probe tables.
 Out: an intro line and `Section`s: summary (with failed runs), continual packing (when the runs have rounds), reliability vs N and vs epoch, capacity in
-     bits per parameter (when the runs have it), knowledge shift, answers, exploded answers and shift reasons, benchmark deltas (mean ± sd over seeds),
+     bits per parameter (when the runs have it), knowledge shift, answers, exploded answers and shift reasons, example answers side by side
+     (`knowpack.report.sweep_answers`), benchmark deltas (mean ± sd over seeds),
      forgetting, token shift, locality (when the runs have it), laws with their data points, configuration.
      The capacity, bits-per-parameter and laws parts live in `knowpack.report.sweep_laws`.
 """
@@ -26,6 +27,7 @@ from knowpack.probe.categories import CATEGORIES
 from knowpack.report import plots
 from knowpack.report.page import Section, md_table
 from knowpack.report.run import present
+from knowpack.report.sweep_answers import answers_side_by_side
 from knowpack.report.sweep_laws import bits_section as _bits
 from knowpack.report.sweep_laws import capacity_fits, laws_section
 
@@ -311,6 +313,7 @@ def sweep_sections(table: pd.DataFrame, sweep_dir: Path, target: float = 0.95) -
                      *filter(None, [_bits(laws)]), _shift(done, metrics),
                      _answers(metrics, sweep_dir)]
         optional = [
+            answers_side_by_side(done, sweep_dir),
             _benchmarks(done),
             _per_configuration(done, "forgetting", "Forgetting on held-out text",
                                [(FORGETTING, "CE vs base (nats/token)"), ("forgetting.kl_to_base", "KL to base"),
@@ -318,8 +321,12 @@ def sweep_sections(table: pd.DataFrame, sweep_dir: Path, target: float = 0.95) -
                                "Kalajdzievski's forgetting: cross-entropy of the tuned model against the base model."),
             _per_configuration(done, "token-shift", "Token distribution shift",
                                [("token_shift.unshifted", "unshifted"), ("token_shift.marginal", "marginal"),
-                                ("token_shift.shifted", "shifted")],
-                               "Share of generated tokens by their rank under the base model (1; 2–3; > 3)."),
+                                ("token_shift.shifted", "shifted"), ("token_shift.copied", "copied share of shifted"),
+                                ("token_shift.style", "style share of shifted"),
+                                ("token_shift.kl_top5_share", "KL in top 5% of positions")],
+                               "Share of generated tokens by their rank under the base model (1; 2–3; > 3); of the "
+                               "shifted words, the share found in the training questions and answers (copied) and "
+                               "the share of style words; the share of the KL held by the top 5% of positions."),
             _per_configuration(done, "locality", "Locality",
                                [("locality.subject", "same subject unchanged"), ("locality.relation", "same relation unchanged")],
                                "Share of held-out facts sharing a subject / relation with a trained fact whose greedy "
