@@ -13,6 +13,12 @@ On a machine shared with other work, ``--threads 1`` makes the CPU-time ratio th
 
     python bench/probe.py                         # 200 facts × 10 prompts on the embedded model
     python bench/probe.py --facts 50 --prompts 2  # a quick look
+
+``--backend vllm`` compares knowpack's probe with the same probe decoded by vLLM (`knowpack.lm.vllm_engine`)
+instead: same facts, prompts and judging, one run; prints the identical-answer share, categories agreement,
+both rates (engine start-up timed apart) and the ratio.
+
+    python bench/probe.py --backend vllm --facts 100 --prompts 2 --max-new-tokens 16
 """
 
 from __future__ import annotations
@@ -61,13 +67,19 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--bf16", action="store_true", help="also time knowpack with bf16 weights")
+    parser.add_argument("--backend", choices=("reference", "vllm"), default="reference",
+                        help="what knowpack's probe is compared with")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.backend == "vllm":
+        compare_vllm(args)
+        return
 
     model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
     facts = build_facts(FactsConfig(max_facts=args.facts, seed=0))
-    config = ProbeConfig(num_prompts=args.prompts, shots=4, max_new_tokens=32)
+    config = ProbeConfig(num_prompts=args.prompts, shots=4, max_new_tokens=args.max_new_tokens)
     print(f"{len(facts)} facts × {config.num_prompts} prompts, {model.device}, torch threads {torch.get_num_threads()}")
 
     rows, ours_s, ours_cpu = timed(lambda: probe_facts(model, tokenizer, facts, config, progress=False))
@@ -99,6 +111,34 @@ def main() -> None:
         same_categories = (categorize(bf16_rows)["category"].to_numpy() == categorize(rows)["category"].to_numpy()).mean()
         print(f"knowpack bf16: {bf16_s:7.1f} s wall {bf16_cpu:7.1f} s CPU; {reference_s / bf16_s:.2f}× wall vs the fp32 "
               f"reference; answers identical to fp32 {same:.1%}, categories {same_categories:.1%}")
+
+
+def compare_vllm(args) -> None:
+    """knowpack's probe and the vLLM backend on the same facts and prompts, one after the other in one run."""
+    from knowpack.config import VllmConfig
+    from knowpack.lm.vllm_engine import EngineSpec, VllmEngine
+    from knowpack.models import resolve_model_path
+
+    model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
+    facts = build_facts(FactsConfig(max_facts=args.facts, seed=0))
+    config = ProbeConfig(num_prompts=args.prompts, shots=4, max_new_tokens=args.max_new_tokens)
+    n = len(facts) * config.num_prompts
+    print(f"{len(facts)} facts × {config.num_prompts} prompts, greedy, {config.max_new_tokens} new tokens, "
+          f"torch threads {torch.get_num_threads()}")
+    rows, ours_s, ours_cpu = timed(lambda: probe_facts(model, tokenizer, facts, config, progress=False))
+    spec = EngineSpec(resolve_model_path(args.model), "float32")
+    engine, start_s, _ = timed(lambda: VllmEngine(spec, VllmConfig(kv_cache_gib=1.0)))
+    with engine:
+        served, vllm_s, vllm_cpu = timed(lambda: probe_facts(engine.served(), tokenizer, facts, config,
+                                                             progress=False))
+    same = (served["answer"].to_numpy() == rows["answer"].to_numpy()).mean()
+    same_categories = (categorize(served)["category"].to_numpy() == categorize(rows)["category"].to_numpy()).mean()
+    print(f"identical answers: {same:.1%} of {n}; categories agree: {same_categories:.1%}; "
+          f"correct: knowpack {rows['correct'].mean():.1%}, vLLM {served['correct'].mean():.1%}")
+    print(f"knowpack: {ours_s:7.1f} s wall {ours_cpu:7.1f} s CPU  {n / ours_s:7.1f} fact-prompts/s")
+    print(f"vLLM:     {vllm_s:7.1f} s wall (engine start {start_s:.1f} s apart)  {n / vllm_s:7.1f} fact-prompts/s "
+          f"(its CPU time is in its own process: {vllm_cpu:.1f} s here)")
+    print(f"ratio:    vLLM / knowpack = {ours_s / vllm_s:.2f}× the rate")
 
 
 def timed(work):

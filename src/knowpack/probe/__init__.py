@@ -51,7 +51,18 @@ def _check_facts(facts: Sequence[Fact]) -> None:
 
 
 def _context_limit(model) -> int | None:
+    if hasattr(model, "context_limit"):  # a model served by vLLM (`knowpack.lm.vllm_engine.VllmModel`)
+        return model.context_limit
     return getattr(model.config, "max_position_embeddings", None)
+
+
+def _generate(model, prefix_ids, suffixes, *, stop_ids, pad_id, settings, batch_size, progress) -> list[list[int]]:
+    """Decode through the model's backend: vLLM's engine for a `VllmModel`, knowpack's own decoder otherwise."""
+    if hasattr(model, "generate_with_prefix"):
+        return model.generate_with_prefix(prefix_ids, suffixes, stop_ids=stop_ids, settings=settings,
+                                          progress=progress)
+    return generate_with_prefix(model, prefix_ids, suffixes, stop_ids=stop_ids, pad_id=pad_id, settings=settings,
+                                batch_size=batch_size, progress=progress)
 
 
 def _probe_prompt_set(model, tokenizer, prompt_set: PromptSet, facts: Sequence[Fact], config: ProbeConfig,
@@ -73,9 +84,8 @@ def _probe_prompt_set(model, tokenizer, prompt_set: PromptSet, facts: Sequence[F
             for copy in range(copies):
                 suffixes.append(suffix)
                 owners.append((fact, first_sample + copy))
-        generated = generate_with_prefix(model, prefix_ids, suffixes, stop_ids=stop_ids,
-                                         pad_id=tokenizer.pad_token_id, settings=settings,
-                                         batch_size=config.batch_size, progress=advance)
+        generated = _generate(model, prefix_ids, suffixes, stop_ids=stop_ids, pad_id=tokenizer.pad_token_id,
+                              settings=settings, batch_size=config.batch_size, progress=advance)
         for (fact, sample), tokens in zip(owners, generated):
             answer = clean_answer(tokenizer.decode(tokens, skip_special_tokens=True))
             rows.append({"fact_id": fact.fact_id, "prompt_id": prompt_set.prompt_id, "sample": sample,
@@ -105,7 +115,11 @@ def merged_adapter(model) -> Iterator[None]:
 
 def probe_facts(model, tokenizer, facts: Sequence[Fact], config: ProbeConfig, *,
                 progress: bool = True, description: str = "probing") -> pd.DataFrame:
-    """Answer every fact with every prompt set (greedy, plus samples when enabled) and judge it."""
+    """Answer every fact with every prompt set (greedy, plus samples when enabled) and judge it.
+
+    ``model``: a causal LM (plain or PEFT-wrapped), or a model served by vLLM
+    (`knowpack.lm.vllm_engine.VllmEngine.served`): the same prompts, stops, judging and table either way.
+    """
     _check_facts(facts)
     prompt_sets = build_prompt_sets(tokenizer, config.num_prompts, config.shots, config.seed)
     stop_ids = stop_token_ids(tokenizer)

@@ -21,6 +21,7 @@ from knowpack.continual.plan import paraphrases_trained
 from knowpack.facts import Fact
 from knowpack.facts.sampling import heldout_facts
 from knowpack.probe import categorize, probe_facts
+from knowpack.probe.backend import probe_model
 from knowpack.rundir import file_stamp, fingerprint
 
 
@@ -28,8 +29,9 @@ def before(ctx: RunContext, upstream: str) -> str:
     key = fingerprint("probe_before", upstream, ctx.config.model.model_dump(), ctx.config.probe.model_dump())
 
     def compute():
-        rows = probe_facts(ctx.model, ctx.tokenizer, ctx.facts(), ctx.config.probe,
-                           progress=ctx.progress, description="probing base model")
+        with probe_model(ctx, adapted=False) as model:
+            rows = probe_facts(model, ctx.tokenizer, ctx.facts(), ctx.config.probe,
+                               progress=ctx.progress, description="probing base model")
         ctx.run.write_table("probe_before.parquet", rows)
         ctx.run.write_table("categories_before.parquet", categorize(rows))
 
@@ -47,11 +49,13 @@ def after(ctx: RunContext, upstream: str) -> str:
         every = ctx.facts()
         trained = [f for f in every if f.fact_id in trained_ids]
         facts = trained + heldout_facts(every, in_train, ctx.config.eval.heldout_facts, ctx.config.eval.seed)
-        rows = probe_facts(ctx.adapted_model(), ctx.tokenizer, facts, ctx.config.probe,
-                           progress=ctx.progress, description="probing adapted model")
+        with probe_model(ctx, adapted=True) as model:
+            rows = probe_facts(model, ctx.tokenizer, facts, ctx.config.probe,
+                               progress=ctx.progress, description="probing adapted model")
+            generalization = probe_paraphrases(ctx, model, trained)
         ctx.run.write_table("probe_after.parquet", rows)
         ctx.run.write_table("categories_after.parquet", categorize(rows))
-        ctx.run.write_table("probe_generalization.parquet", probe_paraphrases(ctx, trained))
+        ctx.run.write_table("probe_generalization.parquet", generalization)
 
     ctx.step("probe_after", key, ["probe_after.parquet", "categories_after.parquet", "probe_generalization.parquet"],
              compute)
@@ -63,8 +67,9 @@ def outside_adapter(ctx: RunContext, upstream: str) -> str:
     key = fingerprint("probe_after", upstream, str(ctx.adapter.resolve()), file_stamp(ctx.adapter))
 
     def compute():
-        rows = probe_facts(ctx.adapted_model(), ctx.tokenizer, ctx.facts(), ctx.config.probe,
-                           progress=ctx.progress, description="probing adapted model")
+        with probe_model(ctx, adapted=True) as model:
+            rows = probe_facts(model, ctx.tokenizer, ctx.facts(), ctx.config.probe,
+                               progress=ctx.progress, description="probing adapted model")
         ctx.run.write_table("probe_after.parquet", rows)
         ctx.run.write_table("categories_after.parquet", categorize(rows))
 
@@ -72,12 +77,12 @@ def outside_adapter(ctx: RunContext, upstream: str) -> str:
     return key
 
 
-def probe_paraphrases(ctx: RunContext, trained: list[Fact]) -> pd.DataFrame:
-    """Trained facts asked with a phrasing the adapter never saw (for `generalization`)."""
+def probe_paraphrases(ctx: RunContext, model, trained: list[Fact]) -> pd.DataFrame:
+    """Trained facts asked with a phrasing the adapter never saw (for `generalization`), by the adapted ``model``."""
     unseen = paraphrases_trained(ctx.config)  # the first k paraphrases were trained on
     held_out = [f.model_copy(update={"question": f.paraphrases[unseen]}) for f in trained
                 if len(f.paraphrases) > unseen]
     if not held_out:
         return pd.DataFrame(columns=["fact_id", "prompt_id", "sample", "answer", "correct", "refusal"])
-    return probe_facts(ctx.adapted_model(), ctx.tokenizer, held_out, ctx.config.probe,
+    return probe_facts(model, ctx.tokenizer, held_out, ctx.config.probe,
                        progress=ctx.progress, description="probing paraphrases")
