@@ -233,17 +233,19 @@ def token_shift_command(
         preset: PresetOpt = "default", config: ConfigOpt = None, overrides: OverridesArg = None,
         prompts: Annotated[Optional[Path], typer.Option(
             help="text file, one prompt per line (default: questions of the configured facts)")] = None,
-        max_new_tokens: Annotated[int, typer.Option(min=1)] = 32) -> None:
+        max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+        train_set: Annotated[Optional[Path], typer.Option(
+            help="the adapter's training set (a run's train_set.jsonl), for the copied shares")] = None) -> None:
     """Token distribution shift (URIAL): rank of each tuned-model token under the base model."""
     import json
 
     from knowpack.evaluate.stage import adapter_shift
 
-    result = adapter_shift(_resolve(preset, config, overrides), adapter, prompts, max_new_tokens)
+    result = adapter_shift(_resolve(preset, config, overrides), adapter, prompts, max_new_tokens, train_set)
     table = Table(title=f"token shift of {adapter} over {result['tokens']} generated tokens", show_header=False)
     for key in ("unshifted", "marginal", "shifted", "mean_kl", "mean_base_prob"):
         table.add_row(key, f"{result[key]:.4f}")
-    for key in ("kl_top5_share", "style"):  # None when undefined (copied: no training set here)
+    for key in ("kl_top5_share", "style", "copied", "copied_content"):  # None when undefined (copied: no --train-set)
         table.add_row(key, "—" if result[key] is None else f"{result[key]:.4f}")
     table.add_row("KL at percentiles 50/90/95/99", " / ".join(
         "—" if v is None else f"{v:.4f}" for v in result["kl_percentiles"].values()))

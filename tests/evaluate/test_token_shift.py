@@ -85,6 +85,24 @@ def test_cli_shift(tiny_model, tiny_model_dir, smollm2_tokenizer, tmp_path, run_
     bad = run_cli("shift", "--adapter", str(tmp_path / "none"), f"model.name={tiny_model_dir}")
     assert bad.returncode == 2 and "none: no such adapter folder" in bad.stderr
 
+    # --train-set: the copied shares are defined (a fresh adapter shifts nothing, so none is copied)
+    train_set = tmp_path / "train_set.jsonl"
+    train_set.write_text(json.dumps({"question": PROMPTS[0], "answer": "Paris"}) + "\n")
+    result = run_cli("shift", "--adapter", str(adapter), "--prompts", str(prompts), "--max-new-tokens", "4",
+                     "--train-set", str(train_set), f"model.name={tiny_model_dir}")
+    assert result.returncode == 0, result.stderr
+    shift = json.loads(result.stdout.strip().splitlines()[-1])
+    assert shift["training_texts"] == 2 and shift["none_because"].get("copied") != NO_TRAINING_SET
+    for content, message in [(None, "train_set.jsonl: no such training set"),
+                             ('{"question": "q", "answer": "a"}\nnot json\n', "train_set.jsonl:2: not JSON"),
+                             ('{"question": "q"}\n', "train_set.jsonl:1: a training example needs string fields"),
+                             ("\n", "train_set.jsonl: no training example")]:
+        train_set.unlink(missing_ok=True)
+        if content is not None:
+            train_set.write_text(content)
+        bad = run_cli("shift", "--adapter", str(adapter), "--train-set", str(train_set), f"model.name={tiny_model_dir}")
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
 
 def test_prompts_longer_than_the_context_are_left_out_with_a_warning(tiny_model, smollm2_tokenizer):
     from knowpack.errors import KnowpackWarning

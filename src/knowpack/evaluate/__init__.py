@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from knowpack.config import EvalConfig
+from knowpack.errors import KnowpackError
 from knowpack.evaluate.knowledge import (answer_stats, exploded_answers, knowledge_shift, locality, reliability,
                                         shift_reasons)
 from knowpack.rundir import RunDir
@@ -107,11 +108,30 @@ def run_capacity(run: RunDir, adapted_model, tokenizer, facts, reliability_after
 
 def training_texts(run: RunDir) -> list[str]:
     """The questions and answers of the run's training set (``train_set.jsonl``), for the copied share."""
+    return read_training_texts(run / "train_set.jsonl")
+
+
+def read_training_texts(path: Path) -> list[str]:
+    """The questions and answers of a training set file (a run's ``train_set.jsonl``: one JSON object
+    with ``question`` and ``answer`` per line); a missing file or a bad line is one error naming it."""
     import json
 
-    lines = (run / "train_set.jsonl").read_text(encoding="utf-8").splitlines()
-    examples = [json.loads(line) for line in lines if line.strip()]
-    return [text for e in examples for text in (e["question"], e["answer"])]
+    if not path.is_file():
+        raise KnowpackError(f"{path}: no such training set; give a run's train_set.jsonl")
+    texts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            example = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise KnowpackError(f"{path}:{number}: not JSON ({error.msg}); one training example per line") from None
+        if not isinstance(example, dict) or not all(isinstance(example.get(k), str) for k in ("question", "answer")):
+            raise KnowpackError(f"{path}:{number}: a training example needs string fields question and answer")
+        texts += [example["question"], example["answer"]]
+    if not texts:
+        raise KnowpackError(f"{path}: no training example in the file")
+    return texts
 
 
 def model_change_metrics(adapted_model, tokenizer, config: EvalConfig, questions: list[str],

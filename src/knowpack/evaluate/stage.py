@@ -63,15 +63,20 @@ def outside_adapter(ctx: RunContext, upstream: str) -> str:
     return key
 
 
-def adapter_shift(config: RunConfig, adapter: Path, prompts: Path | None = None, max_new_tokens: int = 32) -> dict:
+def adapter_shift(config: RunConfig, adapter: Path, prompts: Path | None = None, max_new_tokens: int = 32,
+                  train_set: Path | None = None) -> dict:
     """Token shift (URIAL) of any adapter for ``config.model`` on ``prompts`` (a text file, one prompt per
-    line; default: the first ``eval.token_shift_prompts`` questions of the configured facts, 16 if 0)."""
+    line; default: the first ``eval.token_shift_prompts`` questions of the configured facts, 16 if 0).
+    ``train_set``: the training set the adapter learned (a run's ``train_set.jsonl``), for the copied
+    shares; without it they are None."""
+    from knowpack.evaluate import read_training_texts
     from knowpack.evaluate.token_shift import token_shift
     from knowpack.models import check_model_settings, load_configured_model
     from knowpack.train.lora import check_adapter_files, load_adapter
 
     check_adapter_files(adapter)
     check_model_settings(config.model)
+    texts = None if train_set is None else read_training_texts(train_set)
     if prompts is not None:
         if not prompts.is_file():
             raise KnowpackError(f"--prompts {prompts}: no such file; give a text file, one prompt per line")
@@ -81,4 +86,5 @@ def adapter_shift(config: RunConfig, adapter: Path, prompts: Path | None = None,
 
         questions = [f.question for f in build_facts(config.facts)][:config.eval.token_shift_prompts or 16]
     model, tokenizer = load_configured_model(config.model)
-    return token_shift(load_adapter(model, adapter), tokenizer, questions, max_new_tokens=max_new_tokens)
+    return token_shift(load_adapter(model, adapter), tokenizer, questions, max_new_tokens=max_new_tokens,
+                       training_texts=texts)
