@@ -14,6 +14,13 @@ are identical, both wall times and the speed ratio. The scores must agree within
     python bench/eval.py                              # 500 MMLU (5-shot) + 100 TruthfulQA MC + 50 generation
     python bench/eval.py --mmlu 50 --truthfulqa 50    # a quick look
     python bench/eval.py --mmlu 0 --truthfulqa 0 --truthfulqa-gen 20   # the generation task alone
+
+``--backend vllm`` compares knowpack's scoring core with the same scoring served by vLLM (``eval.backend:
+vllm``: option log-likelihoods from the engine's prompt log-probabilities, generation answers decoded by it)
+instead of lm-eval: same questions, one run; prints both tools' scores, the largest per-option log-likelihood
+difference, identical generation answers, both times (engine start-up timed apart) and the ratio.
+
+    python bench/eval.py --backend vllm --mmlu 200 --truthfulqa 50 --truthfulqa-gen 20
 """
 
 from __future__ import annotations
@@ -58,8 +65,13 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", choices=("lm-eval", "vllm"), default="lm-eval",
+                        help="what knowpack's scoring is compared with: lm-eval (the reference), or vLLM serving it")
     args = parser.parse_args()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    if args.backend == "vllm":
+        compare_vllm(args)
+        return
 
     model, tokenizer = load_model(args.model, device=args.device)
     mmlu = load_mmlu(args.mmlu, shots=args.shots, seed=args.seed) if args.mmlu else []
@@ -69,16 +81,7 @@ def main() -> None:
           f"TruthfulQA MC and {len(generation)} TruthfulQA generation questions, batch {args.batch}")
 
     start = time.perf_counter()
-    ours: dict[str, float] = {}
-    if mmlu:
-        ours |= score_benchmark(model, tokenizer, BENCHMARKS["mmlu"], mmlu, batch_size=args.batch, progress=False)
-    if truthfulqa:
-        ours |= score_benchmark(model, tokenizer, BENCHMARKS["truthfulqa"], truthfulqa, batch_size=args.batch,
-                                progress=False)
-    answers = truthfulqa_gen_answers(model, tokenizer, generation, batch_size=args.batch) if generation else []
-    if generation:  # the same means score_truthfulqa_gen takes, from the answers kept for the comparison
-        per_doc = [score_answer(prepare_doc(doc), answer) for doc, answer in zip(generation, answers)]
-        ours |= {f"truthfulqa_gen_{m}": sum(s[m] for s in per_doc) / len(per_doc) for m in per_doc[0]}
+    ours, answers = knowpack_scores(model, tokenizer, mmlu, truthfulqa, generation, args.batch)
     ours_s = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -108,6 +111,64 @@ def main() -> None:
     print(f"knowpack {ours_s:.1f} s, lm-eval {reference_s:.1f} s: knowpack is {reference_s / ours_s:.2f}x faster "
           f"(target >= 3x)")
     raise SystemExit(0 if agree else 1)
+
+
+def knowpack_scores(model, tokenizer, mmlu: list[dict], truthfulqa: list[dict], generation: list[dict],
+                    batch: int) -> tuple[dict[str, float], list[str]]:
+    """Every score of the three benchmarks on ``model`` (HF or served by vLLM), and the generation answers
+    (their means computed as `score_truthfulqa_gen` computes them, the answers kept for the comparison)."""
+    scores: dict[str, float] = {}
+    if mmlu:
+        scores |= score_benchmark(model, tokenizer, BENCHMARKS["mmlu"], mmlu, batch_size=batch, progress=False)
+    if truthfulqa:
+        scores |= score_benchmark(model, tokenizer, BENCHMARKS["truthfulqa"], truthfulqa, batch_size=batch,
+                                  progress=False)
+    answers = truthfulqa_gen_answers(model, tokenizer, generation, batch_size=batch) if generation else []
+    if generation:
+        per_doc = [score_answer(prepare_doc(doc), answer) for doc, answer in zip(generation, answers)]
+        scores |= {f"truthfulqa_gen_{m}": sum(s[m] for s in per_doc) / len(per_doc) for m in per_doc[0]}
+    return scores, answers
+
+
+def compare_vllm(args) -> None:
+    """knowpack's scoring core and the same scoring served by vLLM, one after the other in one run."""
+    from knowpack.config import VllmConfig
+    from knowpack.lm.vllm_engine import EngineSpec, VllmEngine
+    from knowpack.models import resolve_model_path
+
+    model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
+    mmlu = load_mmlu(args.mmlu, shots=args.shots, seed=args.seed) if args.mmlu else []
+    truthfulqa = load_truthfulqa(args.truthfulqa, seed=args.seed) if args.truthfulqa else []
+    generation = load_truthfulqa_gen(args.truthfulqa_gen, seed=args.seed) if args.truthfulqa_gen else []
+    print(f"model {args.model}; {len(mmlu)} MMLU ({args.shots}-shot), {len(truthfulqa)} TruthfulQA MC and "
+          f"{len(generation)} TruthfulQA generation questions")
+    start = time.perf_counter()
+    ours, answers = knowpack_scores(model, tokenizer, mmlu, truthfulqa, generation, args.batch)
+    ours_s = time.perf_counter() - start
+    start = time.perf_counter()
+    engine = VllmEngine(EngineSpec(resolve_model_path(args.model), "float32"), VllmConfig(kv_cache_gib=1.0))
+    start_s = time.perf_counter() - start
+    with engine:
+        start = time.perf_counter()
+        theirs, served_answers = knowpack_scores(engine.served(), tokenizer, mmlu, truthfulqa, generation, args.batch)
+        vllm_s = time.perf_counter() - start
+        deltas = {metric: max(abs(a - b) for x, y in zip(knowpack_logliks(model, tokenizer, metric, docs),
+                                                          knowpack_logliks(engine.served(), tokenizer, metric, docs))
+                              for a, b in zip(x, y))
+                  for metric, docs in (("mmlu", mmlu), ("truthfulqa_mc2", truthfulqa)) if docs}
+    print(f"\n{'metric':<28}{'knowpack':>10}{'vLLM':>10}{'|diff|':>10}")
+    for metric in ours:
+        print(f"{metric:<28}{ours[metric]:>10.4f}{theirs[metric]:>10.4f}{abs(ours[metric] - theirs[metric]):>10.1e}")
+    for metric, delta in deltas.items():
+        print(f"largest per-option |Δ log-likelihood| on {metric}: {delta:.1e}")
+    if generation:
+        same = sum(a == b for a, b in zip(answers, served_answers))
+        print(f"truthfulqa_gen answers identical: {same}/{len(generation)}")
+    differing = {m: round(abs(ours[m] - theirs[m]) * n) for m, n in (("mmlu", len(mmlu)),
+                 ("truthfulqa_mc1", len(truthfulqa))) if m in ours}
+    print(f"questions scored differently: {differing}")
+    print(f"\nknowpack {ours_s:.1f} s, vLLM {vllm_s:.1f} s (engine start {start_s:.1f} s apart): "
+          f"vLLM / knowpack = {ours_s / vllm_s:.2f}× the rate")
 
 
 if __name__ == "__main__":

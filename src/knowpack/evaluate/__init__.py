@@ -26,7 +26,7 @@ BENCHMARKS_BASE = "benchmarks_base.json"  # the base model's scores, written by 
 def benchmark_settings(config: EvalConfig) -> dict:
     """The eval fields that decide benchmark scores (a change in any other field leaves them valid)."""
     return config.model_dump(include={"benchmarks", "benchmark_questions", "mmlu_shots", "seed", "truthfulqa_path",
-                                      "truthfulqa_source", "truthfulqa_gen_path"})
+                                      "truthfulqa_source", "truthfulqa_gen_path", "backend"})
 
 
 def check_benchmark_data(config: EvalConfig) -> None:
@@ -55,9 +55,10 @@ def run_benchmarks(model, tokenizer, config: EvalConfig, progress: bool = True) 
                 progress=progress)
 
 
-def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, benchmarks_base: dict[str, float],
-                 progress: bool = True) -> dict:
-    """``benchmarks_base``: the base model's scores under the same settings (the base_eval stage)."""
+def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, benchmarks: dict[str, float],
+                 benchmarks_base: dict[str, float]) -> dict:
+    """``benchmarks``: the adapted model's benchmark scores (`run_benchmarks`, on the ``eval.backend`` model);
+    ``benchmarks_base``: the base model's under the same settings (the base_eval stage)."""
     rows_before, rows_after = run.read_table("probe_before.parquet"), run.read_table("probe_after.parquet")
     cats_before, cats_after = run.read_table("categories_before.parquet"), run.read_table("categories_after.parquet")
     trained_ids = set(run.read_json("trained_facts.json"))
@@ -67,7 +68,6 @@ def evaluate_run(run: RunDir, adapted_model, tokenizer, config: EvalConfig, benc
     after_ids = set(rows_after["fact_id"])
     heldout_rows_before = rows_before[rows_before["fact_id"].isin(after_ids - trained_ids)]
     heldout_rows_after = rows_after[~rows_after["fact_id"].isin(trained_ids)]
-    benchmarks = run_benchmarks(adapted_model, tokenizer, config, progress)
     metrics = {
         "reliability": reliability(rows_after, trained_ids),
         "reliability_by_epoch": stats.pop("reliability_by_epoch"),
@@ -154,8 +154,8 @@ def model_change_metrics(adapted_model, tokenizer, config: EvalConfig, questions
     return metrics
 
 
-def evaluate_outside_adapter(run: RunDir, adapted_model, tokenizer, config: EvalConfig,
-                             benchmarks_base: dict[str, float], adapter_dir: Path, progress: bool = True) -> dict:
+def evaluate_outside_adapter(run: RunDir, adapted_model, tokenizer, config: EvalConfig, benchmarks: dict[str, float],
+                             benchmarks_base: dict[str, float], adapter_dir: Path) -> dict:
     """The metrics of an adapter knowpack did not train (``eval --adapter``): knowledge ``shift`` and
     ``answers`` over every fact (none was trained here, so all are held out), ``benchmarks`` /
     ``benchmarks_base``, and ``forgetting`` and ``token_shift`` when enabled."""
@@ -167,7 +167,7 @@ def evaluate_outside_adapter(run: RunDir, adapted_model, tokenizer, config: Eval
         "adapter": str(adapter_dir.resolve()),
         "shift": knowledge_shift(run.read_table("categories_before.parquet"), run.read_table("categories_after.parquet")),
         "answers": answer_stats(rows_before, rows_after),
-        "benchmarks": run_benchmarks(adapted_model, tokenizer, config, progress),
+        "benchmarks": benchmarks,
         "benchmarks_base": benchmarks_base,
         "n_heldout_facts": len(questions),
     }

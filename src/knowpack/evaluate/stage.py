@@ -1,6 +1,7 @@
 """The evaluate stages of a run: the base model's benchmark scores, then every metric of the adapted model.
 
-``base_eval``  In: the base model, the benchmark settings.  Out: ``benchmarks_base.json``.
+``base_eval``  In: the base model (HF, or served by vLLM: ``eval.backend``), the benchmark settings.
+               Out: ``benchmarks_base.json``.
 ``run``        In: the probe tables before and after, ``trained_facts.json``, ``train_stats.json``,
                ``benchmarks_base.json``, the adapted model.  Out: ``metrics.json`` (keys in DESIGN.md) and
                ``capacity.parquet`` (`evaluate_run`).
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from knowpack.artifacts import BenchmarkScores, Metrics, checked, validated
+from knowpack.backend import scoring_model
 from knowpack.config import RunConfig
 from knowpack.context import RunContext
 from knowpack.continual.rounds import ROUNDS
@@ -32,17 +34,24 @@ def base_eval(ctx: RunContext, upstream: str) -> str:
     """
     key = fingerprint("base_eval", ctx.config.model.model_dump(), benchmark_settings(ctx.config.eval))
     ctx.step("base_eval", key, [BENCHMARKS_BASE], lambda: ctx.run.write_json(BENCHMARKS_BASE, checked(
-        run_benchmarks(ctx.model, ctx.tokenizer, ctx.config.eval, progress=ctx.progress), BenchmarkScores,
-        BENCHMARKS_BASE)))
+        benchmark_scores(ctx, adapted=False), BenchmarkScores, BENCHMARKS_BASE)))
     return upstream
+
+
+def benchmark_scores(ctx: RunContext, *, adapted: bool) -> dict[str, float]:
+    """The base (or adapted) model's benchmark scores, from the ``eval.backend`` model (HF, or a vLLM engine
+    that ends when they are done, before the other measurements load the HF model)."""
+    with scoring_model(ctx, adapted=adapted) as model:
+        return run_benchmarks(model, ctx.tokenizer, ctx.config.eval, progress=ctx.progress)
 
 
 def run(ctx: RunContext, upstream: str) -> str:
     key = fingerprint("evaluate", upstream, ctx.config.eval.model_dump())
 
     def compute():
-        metrics = evaluate_run(ctx.run, ctx.adapted_model(), ctx.tokenizer, ctx.config.eval,
-                               ctx.run.read_json(BENCHMARKS_BASE), progress=ctx.progress)
+        benchmarks = benchmark_scores(ctx, adapted=True)
+        metrics = evaluate_run(ctx.run, ctx.adapted_model(), ctx.tokenizer, ctx.config.eval, benchmarks,
+                               ctx.run.read_json(BENCHMARKS_BASE))
         if ctx.config.rounds:
             metrics.update(ctx.run.read_json(ROUNDS))  # "rounds" (a row per round) and "continual"
         capacity = validated(metrics, Metrics, "metrics.json").capacity
@@ -56,10 +65,14 @@ def run(ctx: RunContext, upstream: str) -> str:
 
 def outside_adapter(ctx: RunContext, upstream: str) -> str:
     key = fingerprint("evaluate", upstream, ctx.config.eval.model_dump())
-    ctx.step("evaluate", key, ["metrics.json"], lambda: ctx.run.write_json("metrics.json", checked(
-        evaluate_outside_adapter(ctx.run, ctx.adapted_model(), ctx.tokenizer, ctx.config.eval,
-                                 ctx.run.read_json(BENCHMARKS_BASE), ctx.adapter, progress=ctx.progress),
-        Metrics, "metrics.json")))
+
+    def compute():
+        benchmarks = benchmark_scores(ctx, adapted=True)
+        ctx.run.write_json("metrics.json", checked(evaluate_outside_adapter(
+            ctx.run, ctx.adapted_model(), ctx.tokenizer, ctx.config.eval, benchmarks,
+            ctx.run.read_json(BENCHMARKS_BASE), ctx.adapter), Metrics, "metrics.json"))
+
+    ctx.step("evaluate", key, ["metrics.json"], compute)
     return key
 
 

@@ -168,11 +168,12 @@ def greedy_until(model, tokenizer, contexts: Sequence[str], *, until: Sequence[s
     (never re-tokenized text), so the tokens are those of one uninterrupted greedy run.
     """
     from knowpack.evaluate.token_shift import generation_stop_ids
+    from knowpack.lm import context_limit
     from knowpack.lm.decode import DecodeSettings, generate_with_prefix
 
     if not contexts:
         return []
-    limit = getattr(model.config, "max_position_embeddings", None) or 2048  # lm-eval's default max_length
+    limit = context_limit(model) or 2048  # lm-eval's default max_length
     if limit <= max_gen_toks:
         raise KnowpackError(f"truthfulqa_gen: the model's {limit} positions leave no room for a prompt and "
                             f"{max_gen_toks} new tokens; use a longer-context model")

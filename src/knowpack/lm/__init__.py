@@ -16,6 +16,10 @@ docstring and tested against a plain forward:
 - `precision`: fp32, or bf16 where the hardware has it (detection and fallback).
 
 `eval_mode` is the one way a measurement switches dropout off and gives the model its mode back.
+
+A model served by vLLM (`vllm_engine.VllmModel`, ``probe.backend`` / ``eval.backend: vllm``) answers the same
+two calls, `decode.generate_with_prefix` and `score.loglikelihood`, through its engine: both hand it the
+requests encoded exactly as for an HF model, so judging and scoring stay knowpack's.
 """
 
 from __future__ import annotations
@@ -37,3 +41,10 @@ def eval_mode(model: Any) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
+
+
+def context_limit(model: Any) -> int | None:
+    """The most positions ``model`` takes: a served model's engine limit, else its config's position embeddings."""
+    if hasattr(model, "context_limit"):  # a model served by vLLM (`knowpack.lm.vllm_engine.VllmModel`)
+        return model.context_limit
+    return getattr(model.config, "max_position_embeddings", None)

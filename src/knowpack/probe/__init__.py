@@ -19,6 +19,7 @@ from knowpack.config import ProbeConfig
 from knowpack.errors import KnowpackError
 from knowpack.facts.schema import Fact
 from knowpack.probe.categories import CATEGORIES, categorize
+from knowpack.lm import context_limit
 from knowpack.lm.decode import DecodeSettings, generate_with_prefix
 from knowpack.probe.judge import clean_answer, is_correct, is_refusal
 from knowpack.probe.prompts import PromptSet, build_prompt_sets
@@ -50,25 +51,10 @@ def _check_facts(facts: Sequence[Fact]) -> None:
             raise KnowpackError(f"probe: fact {fact.fact_id} has no usable alias; every fact needs an answer")
 
 
-def _context_limit(model) -> int | None:
-    if hasattr(model, "context_limit"):  # a model served by vLLM (`knowpack.lm.vllm_engine.VllmModel`)
-        return model.context_limit
-    return getattr(model.config, "max_position_embeddings", None)
-
-
-def _generate(model, prefix_ids, suffixes, *, stop_ids, pad_id, settings, batch_size, progress) -> list[list[int]]:
-    """Decode through the model's backend: vLLM's engine for a `VllmModel`, knowpack's own decoder otherwise."""
-    if hasattr(model, "generate_with_prefix"):
-        return model.generate_with_prefix(prefix_ids, suffixes, stop_ids=stop_ids, settings=settings,
-                                          progress=progress)
-    return generate_with_prefix(model, prefix_ids, suffixes, stop_ids=stop_ids, pad_id=pad_id, settings=settings,
-                                batch_size=batch_size, progress=progress)
-
-
 def _probe_prompt_set(model, tokenizer, prompt_set: PromptSet, facts: Sequence[Fact], config: ProbeConfig,
                       stop_ids: set[int], advance) -> list[dict]:
     prefix_ids, suffix_ids = prompt_set.encode(tokenizer, [fact.question for fact in facts])
-    limit = _context_limit(model)
+    limit = context_limit(model)
     rows: list[dict] = []
     runs = [(0, DecodeSettings(config.max_new_tokens, seed=config.seed))]
     if config.sampling:
@@ -84,8 +70,8 @@ def _probe_prompt_set(model, tokenizer, prompt_set: PromptSet, facts: Sequence[F
             for copy in range(copies):
                 suffixes.append(suffix)
                 owners.append((fact, first_sample + copy))
-        generated = _generate(model, prefix_ids, suffixes, stop_ids=stop_ids, pad_id=tokenizer.pad_token_id,
-                              settings=settings, batch_size=config.batch_size, progress=advance)
+        generated = generate_with_prefix(model, prefix_ids, suffixes, stop_ids=stop_ids, pad_id=tokenizer.pad_token_id,
+                                         settings=settings, batch_size=config.batch_size, progress=advance)
         for (fact, sample), tokens in zip(owners, generated):
             answer = clean_answer(tokenizer.decode(tokens, skip_special_tokens=True))
             rows.append({"fact_id": fact.fact_id, "prompt_id": prompt_set.prompt_id, "sample": sample,

@@ -21,7 +21,7 @@ from knowpack.continual.plan import paraphrases_trained
 from knowpack.facts import Fact
 from knowpack.facts.sampling import heldout_facts
 from knowpack.probe import categorize, probe_facts
-from knowpack.probe.backend import probe_model
+from knowpack.backend import probe_model
 from knowpack.rundir import file_stamp, fingerprint
 
 

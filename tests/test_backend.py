@@ -1,5 +1,7 @@
-"""probe.backend=vllm in a run: the probe stages through vLLM (the after-probe through LoRA) give the HF tables."""
+"""The vllm backend in a run: the probe stages (the after-probe through LoRA) give the HF tables, and the
+benchmark scores (eval.backend) the HF scores."""
 
+import json
 import os
 
 import pandas as pd
@@ -27,21 +29,26 @@ def tiny_model_dir_for_vllm(tmp_path_factory, smollm2_tokenizer):
 
 
 @pytest.mark.skipif(os.environ.get("VLLM") == "0", reason="VLLM=0: this environment was set up without vLLM")
-def test_a_run_probed_through_vllm_gives_the_hf_tables(tiny_model_dir_for_vllm, tmp_path):
+def test_a_run_through_vllm_gives_the_hf_tables_and_scores(tiny_model_dir_for_vllm, tmp_path):
     tiny_model_dir = tiny_model_dir_for_vllm
-    tables = {}
+    tables, metrics = {}, {}
     for backend in ("hf", "vllm"):
         config = load_config("smoke", overrides=[f"model.name={tiny_model_dir}", *OVERRIDES,
-                                                 f"probe.backend={backend}"])
-        run_dir = run_pipeline(config, tmp_path / backend, until="probe_after", progress=False,
-                               console=Console(quiet=True))
+                                                 f"probe.backend={backend}", f"eval.backend={backend}",
+                                                 "eval.benchmarks=[mmlu, truthfulqa]"])
+        run_dir = run_pipeline(config, tmp_path / backend, progress=False, console=Console(quiet=True))
         tables[backend] = {name: pd.read_parquet(run_dir / f"{name}.parquet")
                            for name in ("probe_before", "probe_after", "categories_before", "categories_after")}
+        metrics[backend] = json.loads((run_dir / "metrics.json").read_text())
     for name, table in tables["hf"].items():
         served = tables["vllm"][name]
         assert list(served.columns) == list(table.columns) and len(served) == len(table), name
     for name in ("probe_before", "probe_after"):  # 4 new tokens, random weights: near-ties are rare, not absent
         assert (tables["vllm"][name]["answer"] == tables["hf"][name]["answer"]).mean() >= 0.8, name
+    for key in ("benchmarks_base", "benchmarks"):  # the base through the engine, the adapter through LoRA
+        hf, served = metrics["hf"][key], metrics["vllm"][key]
+        assert set(served) == set(hf) == {"mmlu", "truthfulqa_mc1", "truthfulqa_mc2"}
+        assert all(abs(served[name] - hf[name]) < 1e-3 for name in hf), (key, served, hf)
 
 
 def test_what_vllm_cannot_serve_is_refused_before_any_work():
@@ -53,3 +60,10 @@ def test_what_vllm_cannot_serve_is_refused_before_any_work():
         preflight(load_config("smoke", overrides=["probe.backend=vllm", "lora.rank=1024"]))
     with pytest.raises(KnowpackError, match="probe.backend: Input should be 'hf' or 'vllm'"):
         load_config("smoke", overrides=["probe.backend=sglang"])
+    # eval.backend alone asks for vLLM too, and is named in what is refused
+    with pytest.raises(KnowpackError, match="eval.backend=vllm: vLLM cannot serve DoRA"):
+        preflight(load_config("smoke", overrides=["eval.backend=vllm", "lora.use_dora=true"]))
+    with pytest.raises(KnowpackError, match="eval.backend=vllm does not serve continual rounds"):
+        preflight(load_config("smoke", overrides=["eval.backend=vllm", "rounds=[{n_unknown: 2}]"]))
+    with pytest.raises(KnowpackError, match="eval.backend: Input should be 'hf' or 'vllm'"):
+        load_config("smoke", overrides=["eval.backend=lm-eval"])
