@@ -57,7 +57,7 @@ def shared_prefix_forward(module, query: torch.Tensor, key: torch.Tensor, value:
     # One softmax over [prefix | own]: each part's weight is its share of the joint normaliser.
     top = torch.maximum(prefix_lse, own_lse)
     prefix_weight, own_weight = torch.exp(prefix_lse - top)[..., None], torch.exp(own_lse - top)[..., None]
-    out = (prefix * prefix_weight + own * own_weight) / (prefix_weight + own_weight)
+    out = ((prefix * prefix_weight + own * own_weight) / (prefix_weight + own_weight)).to(query.dtype)
     return out.reshape(batch, q_heads, q_len, dim).transpose(1, 2).contiguous(), None  # [B, q, Hq, d]
 
 
