@@ -69,10 +69,6 @@ def main() -> None:
                         help="what knowpack's scoring is compared with: lm-eval (the reference), or vLLM serving it")
     args = parser.parse_args()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    if args.backend == "vllm":
-        compare_vllm(args)
-        return
-
     model, tokenizer = load_model(args.model, device=args.device)
     mmlu = load_mmlu(args.mmlu, shots=args.shots, seed=args.seed) if args.mmlu else []
     truthfulqa = load_truthfulqa(args.truthfulqa, seed=args.seed) if args.truthfulqa else []
@@ -83,6 +79,9 @@ def main() -> None:
     start = time.perf_counter()
     ours, answers = knowpack_scores(model, tokenizer, mmlu, truthfulqa, generation, args.batch)
     ours_s = time.perf_counter() - start
+    if args.backend == "vllm":
+        compare_vllm(args, model, tokenizer, (mmlu, truthfulqa, generation), ours, answers, ours_s)
+        return
 
     start = time.perf_counter()
     reference = lm_eval_scores(model, tokenizer, mmlu_docs=mmlu, truthfulqa_docs=truthfulqa,
@@ -130,21 +129,14 @@ def knowpack_scores(model, tokenizer, mmlu: list[dict], truthfulqa: list[dict], 
     return scores, answers
 
 
-def compare_vllm(args) -> None:
-    """knowpack's scoring core and the same scoring served by vLLM, one after the other in one run."""
+def compare_vllm(args, model, tokenizer, docs: tuple[list[dict], list[dict], list[dict]], ours: dict[str, float],
+                 answers: list[str], ours_s: float) -> None:
+    """The same scoring served by vLLM, after knowpack's own (``ours``, ``answers``, ``ours_s``), in one run."""
     from knowpack.config import VllmConfig
     from knowpack.lm.vllm_engine import EngineSpec, VllmEngine
     from knowpack.models import resolve_model_path
 
-    model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
-    mmlu = load_mmlu(args.mmlu, shots=args.shots, seed=args.seed) if args.mmlu else []
-    truthfulqa = load_truthfulqa(args.truthfulqa, seed=args.seed) if args.truthfulqa else []
-    generation = load_truthfulqa_gen(args.truthfulqa_gen, seed=args.seed) if args.truthfulqa_gen else []
-    print(f"model {args.model}; {len(mmlu)} MMLU ({args.shots}-shot), {len(truthfulqa)} TruthfulQA MC and "
-          f"{len(generation)} TruthfulQA generation questions")
-    start = time.perf_counter()
-    ours, answers = knowpack_scores(model, tokenizer, mmlu, truthfulqa, generation, args.batch)
-    ours_s = time.perf_counter() - start
+    mmlu, truthfulqa, generation = docs
     start = time.perf_counter()
     engine = VllmEngine(EngineSpec(resolve_model_path(args.model), "float32"), VllmConfig(kv_cache_gib=1.0))
     start_s = time.perf_counter() - start
@@ -152,10 +144,10 @@ def compare_vllm(args) -> None:
         start = time.perf_counter()
         theirs, served_answers = knowpack_scores(engine.served(), tokenizer, mmlu, truthfulqa, generation, args.batch)
         vllm_s = time.perf_counter() - start
-        deltas = {metric: max(abs(a - b) for x, y in zip(knowpack_logliks(model, tokenizer, metric, docs),
-                                                          knowpack_logliks(engine.served(), tokenizer, metric, docs))
+        deltas = {metric: max(abs(a - b) for x, y in zip(knowpack_logliks(model, tokenizer, metric, questions),
+                                                          knowpack_logliks(engine.served(), tokenizer, metric, questions))
                               for a, b in zip(x, y))
-                  for metric, docs in (("mmlu", mmlu), ("truthfulqa_mc2", truthfulqa)) if docs}
+                  for metric, questions in (("mmlu", mmlu), ("truthfulqa_mc2", truthfulqa)) if questions}
     print(f"\n{'metric':<28}{'knowpack':>10}{'vLLM':>10}{'|diff|':>10}")
     for metric in ours:
         print(f"{metric:<28}{ours[metric]:>10.4f}{theirs[metric]:>10.4f}{abs(ours[metric] - theirs[metric]):>10.1e}")

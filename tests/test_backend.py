@@ -36,7 +36,10 @@ def test_a_run_through_vllm_gives_the_hf_tables_and_scores(tiny_model_dir_for_vl
         config = load_config("smoke", overrides=[f"model.name={tiny_model_dir}", *OVERRIDES,
                                                  f"probe.backend={backend}", f"eval.backend={backend}",
                                                  "eval.benchmarks=[mmlu, truthfulqa]"])
+        stale = tmp_path / backend / ".merged-for-vllm.killed"  # as a run killed while scoring leaves it
+        stale.mkdir(parents=True)
         run_dir = run_pipeline(config, tmp_path / backend, progress=False, console=Console(quiet=True))
+        assert backend == "hf" or not list(run_dir.glob(".merged-for-vllm.*"))  # the merged copy is gone
         tables[backend] = {name: pd.read_parquet(run_dir / f"{name}.parquet")
                            for name in ("probe_before", "probe_after", "categories_before", "categories_after")}
         metrics[backend] = json.loads((run_dir / "metrics.json").read_text())

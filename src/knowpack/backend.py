@@ -13,6 +13,7 @@ fine-tuned model folder is served as a model of its own. `check_backend` refuses
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Iterator
 
 from knowpack.config import RunConfig
 from knowpack.errors import KnowpackError
+
+MERGED_PREFIX = ".merged-for-vllm."  # the temporary merged copy `served_model` scores an adapter on
 
 
 def check_backend(config: RunConfig, adapter: Path | None = None) -> None:
@@ -80,7 +83,9 @@ def served_model(ctx, *, adapted: bool, backend: str, through_lora: bool = True)
     spec, adapter = _engine_spec(ctx, adapted)
     with ExitStack() as stack:
         if adapter is not None and not through_lora:
-            merged = stack.enter_context(tempfile.TemporaryDirectory(dir=ctx.run.path, prefix=".merged-for-vllm."))
+            for stale in ctx.run.path.glob(f"{MERGED_PREFIX}*"):  # left by a run killed while scoring
+                shutil.rmtree(stale, ignore_errors=True)
+            merged = stack.enter_context(tempfile.TemporaryDirectory(dir=ctx.run.path, prefix=MERGED_PREFIX))
             _export_merged(ctx, adapter, Path(merged))
             spec, adapter = EngineSpec(merged, spec.dtype, seed=spec.seed), None
         with VllmEngine(spec, ctx.config.vllm) as engine:
