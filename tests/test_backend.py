@@ -63,10 +63,27 @@ def test_what_vllm_cannot_serve_is_refused_before_any_work():
         preflight(load_config("smoke", overrides=["probe.backend=vllm", "lora.rank=1024"]))
     with pytest.raises(KnowpackError, match="probe.backend: Input should be 'hf' or 'vllm'"):
         load_config("smoke", overrides=["probe.backend=sglang"])
-    # eval.backend alone asks for vLLM too, and is named in what is refused
-    with pytest.raises(KnowpackError, match="eval.backend=vllm: vLLM cannot serve DoRA"):
-        preflight(load_config("smoke", overrides=["eval.backend=vllm", "lora.use_dora=true"]))
+    # eval.backend alone asks for vLLM too, and is named in what is refused; it scores an adapter merged,
+    # so a DoRA adapter or a rank above vLLM's LoRA limit is fine there
+    preflight(load_config("smoke", overrides=["eval.backend=vllm", "lora.use_dora=true", "lora.rank=1024"]))
     with pytest.raises(KnowpackError, match="eval.backend=vllm does not serve continual rounds"):
         preflight(load_config("smoke", overrides=["eval.backend=vllm", "rounds=[{n_unknown: 2}]"]))
     with pytest.raises(KnowpackError, match="eval.backend: Input should be 'hf' or 'vllm'"):
         load_config("smoke", overrides=["eval.backend=lm-eval"])
+
+
+def test_scoring_takes_an_adapter_merged_so_dora_needs_no_lora_engine(tmp_path):
+    """The probe serves an adapter through LoRA (DoRA refused); scoring merges it first, so DoRA is fine there."""
+    from types import SimpleNamespace
+
+    from knowpack.backend import _engine_spec
+    from knowpack.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    (run.path / "adapter").mkdir()
+    (run.path / "adapter" / "adapter_config.json").write_text('{"r": 8, "use_dora": true}')
+    ctx = SimpleNamespace(config=load_config("smoke", overrides=["lora.use_dora=true"]), run=run, adapter=None)
+    spec, adapter = _engine_spec(ctx, adapted=True, through_lora=False)
+    assert adapter == run.path / "adapter" and spec.lora_rank is None  # merged into the base, then served
+    with pytest.raises(KnowpackError, match="DoRA"):
+        _engine_spec(ctx, adapted=True, through_lora=True)

@@ -37,18 +37,20 @@ def check_backend(config: RunConfig, adapter: Path | None = None) -> None:
     setting = users[0]
     if config.rounds:
         raise KnowpackError(f"{setting}=vllm does not serve continual rounds; use {setting}=hf with rounds")
-    if config.train.method == "lora" and config.lora.use_dora:
-        raise KnowpackError(f"{setting}=vllm: vLLM cannot serve DoRA adapters; set lora.use_dora=false or "
-                            f"{setting}=hf")
-    engine_lora_rank(config.lora.rank)
-    if adapter is not None and (adapter / "adapter_config.json").is_file():
-        engine_lora_rank(adapter_rank(adapter))
+    if config.probe.backend == "vllm":  # the probe serves the adapter through LoRA; scoring merges it first
+        if config.train.method == "lora" and config.lora.use_dora:
+            raise KnowpackError("probe.backend=vllm: vLLM cannot serve DoRA adapters; set lora.use_dora=false or "
+                                "probe.backend=hf")
+        engine_lora_rank(config.lora.rank)
+        if adapter is not None and (adapter / "adapter_config.json").is_file():
+            engine_lora_rank(adapter_rank(adapter))
     check_cpu_threads(config.vllm.cpu_threads)
     require_vllm(setting)
 
 
-def _engine_spec(ctx, adapted: bool):
-    """(engine spec, adapter folder to serve through LoRA or None) for the base or the adapted model."""
+def _engine_spec(ctx, adapted: bool, through_lora: bool = True):
+    """(engine spec, adapter folder or None) for the base or the adapted model; the spec has LoRA support
+    (at the adapter's rank) only when the adapter is to be served through LoRA."""
     from knowpack.lm.vllm_engine import EngineSpec, adapter_rank
     from knowpack.models import resolve_model_path
     from knowpack.train.lora import is_full_model_folder
@@ -61,6 +63,8 @@ def _engine_spec(ctx, adapted: bool):
     folder = ctx.adapter or ctx.run / trained_dir_name(config.train)
     if is_full_model_folder(folder):
         return EngineSpec(str(folder), config.model.dtype, seed=config.probe.seed), None
+    if not through_lora:
+        return base, folder
     return EngineSpec(base.model, base.dtype, adapter_rank(folder), base.seed), folder
 
 
@@ -80,7 +84,7 @@ def served_model(ctx, *, adapted: bool, backend: str, through_lora: bool = True)
 
     if ctx.tokenizer is None:  # the HF weights are not needed to decode or score; the tokenizer is
         ctx.tokenizer = load_tokenizer(ctx.config.model.name, trust_remote_code=ctx.config.model.trust_remote_code)
-    spec, adapter = _engine_spec(ctx, adapted)
+    spec, adapter = _engine_spec(ctx, adapted, through_lora)
     with ExitStack() as stack:
         if adapter is not None and not through_lora:
             for stale in ctx.run.path.glob(f"{MERGED_PREFIX}*"):  # left by a run killed while scoring

@@ -121,18 +121,32 @@ def test_scores_equal_lm_eval_process_results_gen(completion):
 
 def test_greedy_until_equals_generate_cut_at_the_stop_string(smollm2_tokenizer):
     """Rows pause at every newline token and go on unless the text holds "\\n\\n": the answers are those of
-    one uninterrupted `generate` run of 256 new tokens, cut at the first "\\n\\n"."""
+    one uninterrupted `generate` run of 256 new tokens, cut at the first "\\n\\n".
+
+    Up to a tie: where `generate`'s two best logits are within 1e-4 (this random model repeats itself for
+    hundreds of tokens and meets one), float rounding may pick either token, so an answer is compared up to
+    the tokens before its first tie and in full when it has none."""
     docs = load_truthfulqa_gen(4, seed=1)
     model = biased_tiny_llama(smollm2_tokenizer, docs, seed=0)
     contexts = [truthfulqa_gen_text(doc) for doc in docs]
     ours = greedy_until(model, smollm2_tokenizer, contexts, batch_size=4)
-    expected = []
-    for context in contexts:
+    whole = 0
+    for context, answer in zip(contexts, ours):
         ids = smollm2_tokenizer(context, return_tensors="pt").input_ids
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=256, do_sample=False,
-                             pad_token_id=smollm2_tokenizer.pad_token_id)
-        expected.append(smollm2_tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n\n")[0])
-    assert ours == expected
+                             pad_token_id=smollm2_tokenizer.pad_token_id, output_scores=True,
+                             return_dict_in_generate=True)
+        new = out.sequences[0, ids.shape[1]:]
+        expected = smollm2_tokenizer.decode(new, skip_special_tokens=True).split("\n\n")[0]
+        best = torch.stack([step[0].topk(2).values for step in out.scores])  # [steps, 2]
+        ties = (best[:, 0] - best[:, 1] < 1e-4).nonzero().flatten().tolist()
+        settled = smollm2_tokenizer.decode(new[:ties[0]], skip_special_tokens=True) if ties else expected
+        if len(settled) < len(expected):  # a tie inside the answer: the same up to it
+            assert answer.startswith(settled) and len(settled) > 100
+        else:
+            assert answer == expected
+            whole += 1
+    assert whole >= 3
     assert any("\n" in answer for answer in ours)  # a single newline did not stop the answer
 
 
