@@ -146,14 +146,20 @@ def test_truthfulqa_gen_answers_equal_the_hf_path(embedded, engine):
 
 
 def test_a_context_past_the_engine_limit_keeps_its_end_as_lm_eval_does(embedded, scoring_engine):
-    from knowpack.lm.score import loglikelihood
+    from knowpack.lm.score import encode_request, leading_special_ids, loglikelihood
 
-    _, tokenizer = embedded
-    long_context = "The river flows north. " * 300 + "The capital of France is"  # > the engine's 1,024 tokens
-    short_context = "The river flows north. " * 150 + "The capital of France is"
-    long_score, short_score = loglikelihood(scoring_engine.served(), tokenizer, [(long_context, " Paris"),
-                                                                          (short_context, " Paris")])
-    assert abs(long_score - short_score) < 0.5  # the same end of the context, cut to fit
+    model, tokenizer = embedded
+    context = "The river flows north. " * 300 + "The capital of France is"  # > the engine's 1,024 tokens
+    served = loglikelihood(scoring_engine.served(), tokenizer, [(context, " Paris")])[0]
+    # what the engine must have scored: the end of the context, cut so that prompt + 1 generated token fit
+    limit = scoring_engine.context_limit
+    context_ids, continuation_ids = encode_request(tokenizer, context, " Paris", leading_special_ids(tokenizer),
+                                                   limit - 2)
+    assert len(context_ids) + len(continuation_ids) == limit - 1 < len(tokenizer(context).input_ids)
+    with torch.no_grad():
+        logits = model(torch.tensor([context_ids + continuation_ids[:-1]])).logits[0, -len(continuation_ids):]
+    expected = logits.log_softmax(-1).gather(-1, torch.tensor(continuation_ids)[:, None]).sum().item()
+    assert abs(served - expected) < 2e-3
 
 
 def test_bad_settings_are_refused(tmp_path, monkeypatch):
